@@ -1,0 +1,126 @@
+"""Multi-scale + flip CAM inference (TransCAM protocol) with the passes batched.
+
+For every scale the image is resized (square sizes, as TransCAM does, or a relative factor),
+the flipped copy is stacked beside it, and all images of a group go through the network in one
+forward. Each pass's foreground maps are upsampled to the target grid, un-flipped, restricted
+to the image's classes and summed; then negatives are clipped and every class is min-max
+normalised. ``batched=False`` runs the same passes one at a time (reference / low memory).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+CamFn = Callable[[torch.Tensor], torch.Tensor]
+"""Maps a normalised B×3×H×W batch to raw B×C×h×w CAMs (channel 0 = background)."""
+
+
+def scaled_size(size: tuple[int, int], scale: float, mode: str = "square") -> tuple[int, int]:
+    """Network input size for one scale: ``square`` resizes to scale×scale pixels (TransCAM,
+    aspect ratio not kept); ``relative`` multiplies both sides by ``scale`` (IRN)."""
+    if mode == "square":
+        return int(scale), int(scale)
+    h, w = size
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def normalise_image(img: torch.Tensor) -> torch.Tensor:
+    """uint8 (…,3,H,W) → float ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=img.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=img.device).view(3, 1, 1)
+    return (img.float() / 255.0 - mean) / std
+
+
+def _crop_valid(cams: torch.Tensor, in_size: tuple[int, int], stride: int) -> torch.Tensor:
+    """Upsample the (possibly padded) grid to pixels and drop the padding of the input."""
+    gh, gw = cams.shape[-2:]
+    full = F.interpolate(cams, size=(gh * stride, gw * stride), mode="bilinear", align_corners=False)
+    return full[..., : in_size[0], : in_size[1]]
+
+
+def _to_target(
+    cams: torch.Tensor, in_size: tuple[int, int], stride: int, target: tuple[int, int]
+) -> torch.Tensor:
+    gh, gw = cams.shape[-2:]
+    if gh * stride == in_size[0] and gw * stride == in_size[1]:
+        return F.interpolate(cams, size=target, mode="bilinear", align_corners=False)
+    valid = _crop_valid(cams, in_size, stride)
+    return F.interpolate(valid, size=target, mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def multiscale_cams(
+    cam_fn: CamFn,
+    images: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    scales: Sequence[float],
+    *,
+    scale_mode: str = "square",
+    flip: bool = True,
+    batched: bool = True,
+    output_stride: int = 16,
+    target_stride: int = 1,
+    device: torch.device | str = "cpu",
+) -> list[torch.Tensor]:
+    """Summed, un-normalised foreground CAMs for each image, shape (K, ceil(H/s), ceil(W/s)).
+
+    ``images`` are uint8 3×H×W tensors (any sizes), ``labels`` K-dim multi-hot vectors; absent
+    classes come out as zero maps.
+    """
+    device = torch.device(device)
+    sizes = [tuple(img.shape[-2:]) for img in images]
+    targets = [(math.ceil(h / target_stride), math.ceil(w / target_stride)) for h, w in sizes]
+    sums: list[torch.Tensor | None] = [None] * len(images)
+
+    def add(i: int, raw: torch.Tensor, in_size: tuple[int, int], flipped: bool) -> None:
+        fg = _to_target(raw[None, 1:].float(), in_size, output_stride, targets[i])[0]
+        if flipped:
+            fg = fg.flip(-1)
+        fg = fg * labels[i].to(fg.device).view(-1, 1, 1)
+        sums[i] = fg if sums[i] is None else sums[i] + fg
+
+    for scale in scales:
+        resized = []
+        for img in images:
+            size = scaled_size(tuple(img.shape[-2:]), scale, scale_mode)
+            x = TF.resize(img.to(device), list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+            resized.append(normalise_image(x))
+        if batched:
+            # group images of equal resized shape; each group (plus flips) is one forward
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i, x in enumerate(resized):
+                groups.setdefault(tuple(x.shape[-2:]), []).append(i)
+            for in_size, idx in groups.items():
+                batch = torch.stack([resized[i] for i in idx])
+                if flip:
+                    batch = torch.cat([batch, batch.flip(-1)])
+                out = cam_fn(batch)
+                for k, i in enumerate(idx):
+                    add(i, out[k], in_size, False)
+                    if flip:
+                        add(i, out[len(idx) + k], in_size, True)
+        else:
+            for i, x in enumerate(resized):
+                in_size = tuple(x.shape[-2:])
+                add(i, cam_fn(x[None])[0], in_size, False)
+                if flip:
+                    add(i, cam_fn(x.flip(-1)[None])[0], in_size, True)
+    return [s for s in sums if s is not None]
+
+
+def minmax_normalise(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """TransCAM's per-class normalisation: clip < 0, then (x − min − eps)/(max − min + eps), ≥ 0."""
+    cams = cams.clamp_min(0)
+    flat = cams.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, 1, 1)
+    hi = flat.max(dim=1).values.view(-1, 1, 1)
+    out = (cams - lo - eps) / (hi - lo + eps)
+    return out.clamp_min(0)

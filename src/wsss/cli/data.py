@@ -1,0 +1,202 @@
+"""Command ``wsss data``: make, convert and check datasets (thin wrappers over ``wsss.data``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from wsss.errors import ConfigError, DataError, WsssError
+from wsss.registry import DATASETS
+
+_VOC_LAYOUT = ("voc", "synth")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``data`` and its sub-commands to the ``wsss`` parser."""
+    data = subparsers.add_parser(
+        "data", help="make, convert and check datasets", description="Make, convert and check datasets."
+    )
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    p = sub.add_parser("synth", help="generate the embedded synthetic dataset (VOC layout)")
+    p.add_argument("--root", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--num-classes", type=int, default=6, metavar="K", help="foreground classes (default 6)")
+    p.add_argument("--num-train", type=int, default=800, metavar="N", help="training images (default 800)")
+    p.add_argument("--num-val", type=int, default=200, metavar="N", help="validation images (default 200)")
+    p.add_argument("--size", type=int, default=96, metavar="PX", help="image side in pixels (default 96)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset made with other parameters")
+    p.set_defaults(func=_run_synth)
+
+    p = sub.add_parser("sbd", help="convert SBD .mat files to SegmentationClassAug PNGs and train_aug.txt")
+    p.add_argument("--sbd", type=Path, required=True, metavar="DIR", help="SBD folder (benchmark_RELEASE)")
+    p.add_argument("--voc", type=Path, required=True, metavar="DIR", help="VOC2012 folder (written into)")
+    p.add_argument("--expected", type=int, default=10582, metavar="N", help="expected train_aug size (10582)")
+    p.add_argument("--no-count-check", action="store_true", help="accept any train_aug size")
+    p.add_argument("--overwrite", action="store_true", help="rewrite masks that already exist")
+    p.set_defaults(func=_run_sbd)
+
+    p = sub.add_parser("coco", help="convert a COCO instances JSON to 81-class PNG masks, lists and labels")
+    p.add_argument("--annotations", type=Path, required=True, metavar="JSON", help="instances_<subset>.json")
+    p.add_argument("--root", type=Path, required=True, metavar="DIR", help="COCO dataset root (written into)")
+    p.add_argument(
+        "--subset", metavar="NAME", help="image folder name, e.g. train2014 (default: from JSON name)"
+    )
+    p.add_argument("--expected", type=int, metavar="N", help="expected labelled images (default 82081/40137)")
+    p.add_argument("--no-count-check", action="store_true", help="accept any number of labelled images")
+    p.add_argument("--overwrite", action="store_true", help="rewrite masks that already exist")
+    p.set_defaults(func=_run_coco)
+
+    p = sub.add_parser(
+        "tags", help="write image-level labels (from masks, XML or tags) as a pickle-free .npz"
+    )
+    _add_dataset_args(p)
+    p.add_argument(
+        "--source",
+        choices=("auto", "masks", "xml", "file"),
+        default="auto",
+        help="where labels come from (VOC layout only; default: labels file, then masks, then XML)",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="NPZ", help="output labels file (.npz)")
+    p.set_defaults(func=_run_tags)
+
+    p = sub.add_parser("check", help="load a dataset, count images and classes, and validate every file")
+    _add_dataset_args(p)
+    p.set_defaults(func=_run_check)
+
+    for action in sub.choices.values():
+        action.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="voc", metavar="NAME", help="dataset type: voc, synth, coco, folder")
+    p.add_argument("--root", type=Path, required=True, metavar="DIR", help="dataset root")
+    p.add_argument(
+        "--split", default=None, metavar="NAME", help="split name or list file (default per dataset)"
+    )
+    p.add_argument(
+        "--labels-file", type=Path, metavar="FILE", help="image-level labels (.npy/.npz/.csv/.json)"
+    )
+    p.add_argument("--mask-dir", metavar="DIR", help="mask folder (e.g. SegmentationClassAug)")
+
+
+def _build_dataset(args: argparse.Namespace, with_masks: bool, **extra: Any) -> Any:
+    kwargs: dict[str, Any] = {"root": args.root, "labels_file": args.labels_file, "with_masks": with_masks}
+    if args.split is not None:
+        kwargs["split"] = args.split
+    if args.mask_dir is not None:
+        kwargs["mask_dir"] = args.mask_dir
+    return DATASETS.build(args.dataset, where="--dataset", **kwargs, **extra)
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    try:
+        from wsss.data.synth import generate_synth
+    except ModuleNotFoundError as exc:
+        raise WsssError("this wsss installation has no synthetic-data generator (wsss.data.synth)") from exc
+    summary = generate_synth(
+        args.root,
+        num_classes=args.num_classes,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        size=args.size,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    _print_json(summary)
+    return 0
+
+
+def _run_sbd(args: argparse.Namespace) -> int:
+    from wsss.data.sbd import convert_sbd
+
+    summary = convert_sbd(
+        args.sbd,
+        args.voc,
+        expected_count=args.expected,
+        check_counts=not args.no_count_check,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    _print_json(summary)
+    return 0
+
+
+def _run_coco(args: argparse.Namespace) -> int:
+    from wsss.data.coco import convert_coco
+
+    summary = convert_coco(
+        args.annotations,
+        args.root,
+        subset=args.subset,
+        expected_count=args.expected,
+        check_counts=not args.no_count_check,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    _print_json(summary)
+    return 0
+
+
+def _run_tags(args: argparse.Namespace) -> int:
+    from wsss.data.labels import write_labels
+
+    extra: dict[str, Any] = {}
+    if args.source != "auto":
+        if args.dataset not in _VOC_LAYOUT:
+            raise ConfigError(
+                f"--source {args.source} applies to VOC-layout datasets ({', '.join(_VOC_LAYOUT)})"
+            )
+        extra["label_source"] = args.source
+    ds = _build_dataset(args, with_masks=False, **extra)
+    write_labels(args.out, dict(zip(ds.names, ds.labels)), ds.class_names)
+    counts = ds.class_image_counts()
+    print(f"wrote labels of {len(ds)} images ({ds.num_classes - 1} classes) to {args.out}")
+    print(_class_table(ds.class_names, counts))
+    return 0
+
+
+def _class_table(class_names: tuple[str, ...], counts: Any) -> str:
+    width = max(len(c) for c in class_names[1:])
+    return "\n".join(
+        f"  {i:>3}  {c:<{width}}  {int(n):>7}" for i, (c, n) in enumerate(zip(class_names[1:], counts), 1)
+    )
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    ds = _build_dataset(args, with_masks=True)
+    errors: list[str] = []
+    for i in tqdm(range(len(ds)), desc="checking", unit="img", disable=args.no_progress):
+        try:
+            ds[i]
+        except DataError as exc:
+            errors.append(str(exc))
+    counts = ds.class_image_counts()
+    print(
+        f"{ds.source}: {len(ds)} images, {ds.num_classes} classes incl. background, masks: "
+        f"{'yes' if ds.has_masks else 'no'}"
+    )
+    print("images per class:")
+    print(_class_table(ds.class_names, counts))
+    empty = [c for c, n in zip(ds.class_names[1:], counts) if n == 0]
+    if empty:
+        print(f"warning: no image is tagged with {', '.join(empty)}")
+    untagged = int((ds.labels.sum(axis=1) == 0).sum())
+    if untagged:
+        print(f"note: {untagged} images have no foreground tag (background only)")
+    if errors:
+        shown = "\n  ".join(errors[:10])
+        more = f"\n  … and {len(errors) - 10} more" if len(errors) > 10 else ""
+        raise DataError(f"{len(errors)} of {len(ds)} images failed the check:\n  {shown}{more}")
+    print("all files OK")
+    return 0

@@ -1,0 +1,206 @@
+"""Commands ``evaluate``, ``eval-cams`` and ``import-cams``: parse, then call wsss.eval or wsss.cams."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from wsss.cams.importers import FORMATS, import_dir
+from wsss.errors import ConfigError
+from wsss.eval.metrics import MEAN_CONVENTIONS, format_table
+from wsss.eval.runner import evaluate_cam_dir, evaluate_label_dir, read_class_names, read_name_list
+from wsss.eval.sweep import threshold_range
+from wsss.files import write_json
+
+_DEFAULT_SWEEP = (0.0, 0.6, 0.01)  # TransCAM/SEAM: 0.00, 0.01, ..., 0.59
+
+
+def _num_classes_arg(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"needs background plus at least one class (>= 2), got {value}")
+    return value
+
+
+def _add_class_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--classes", type=Path, metavar="FILE", help="class names, one per line, background first")
+    g.add_argument(
+        "--num-classes", type=_num_classes_arg, metavar="N", help="number of classes incl. background"
+    )
+
+
+def _classes(args: argparse.Namespace) -> tuple[int, list[str] | None]:
+    if args.classes is not None:
+        names = read_class_names(args.classes)
+        return len(names), names
+    return args.num_classes, None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the evaluation commands to the ``wsss`` parser."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score label PNGs (pseudo-masks or predictions) against ground-truth masks",
+        description="Per-class IoU and mIoU of palette-PNG label maps from a dataset-level confusion matrix.",
+    )
+    p.add_argument("--pred", type=Path, required=True, metavar="DIR", help="folder of <name>.png predictions")
+    p.add_argument("--gt", type=Path, required=True, metavar="DIR", help="folder of <name>.png GT masks")
+    p.add_argument("--list", type=Path, required=True, metavar="FILE", dest="list_file", help="image names")
+    _add_class_args(p)
+    p.add_argument("--out", type=Path, metavar="JSON", help="also write the scores to this JSON file")
+    p.add_argument("--mean", choices=list(MEAN_CONVENTIONS), default="all", help="mIoU mean convention")
+    p.add_argument(
+        "--uncertain",
+        choices=("background", "skip"),
+        default="background",
+        help="how a predicted 255 (uncertain) pixel is scored (default: as background, ToCo's convention)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_evaluate)
+
+    p = subparsers.add_parser(
+        "eval-cams",
+        help="sweep the background threshold over CAM files (one pass) and score them",
+        description=(
+            "mIoU of CAMs at every background threshold, computed in one pass. The best threshold is "
+            "chosen on this split's ground truth and is reported as an oracle."
+        ),
+    )
+    p.add_argument("--cams", type=Path, required=True, metavar="DIR", help="folder of <name>.npz CAM files")
+    p.add_argument("--gt", type=Path, required=True, metavar="DIR", help="folder of <name>.png GT masks")
+    p.add_argument("--list", type=Path, required=True, metavar="FILE", dest="list_file", help="image names")
+    _add_class_args(p)
+    p.add_argument(
+        "--thresholds",
+        type=float,
+        nargs=3,
+        metavar=("START", "STOP", "STEP"),
+        default=list(_DEFAULT_SWEEP),
+        help="sweep START, START+STEP, ... below STOP (default: 0 0.6 0.01, TransCAM's 60 values)",
+    )
+    p.add_argument("--fixed-threshold", type=float, metavar="T", help="also score this GT-free threshold")
+    p.add_argument("--out", type=Path, metavar="DIR", help="write cam_eval.json and threshold_curve.png here")
+    p.add_argument("--mean", choices=list(MEAN_CONVENTIONS), default="all", help="mIoU mean convention")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_eval_cams)
+
+    p = subparsers.add_parser(
+        "import-cams",
+        help="convert IRN or PSA/SEAM/TransCAM .npy CAM dumps to wsss .npz files",
+        description=(
+            "Convert pickled .npy CAM dumps to the pickle-free wsss format. Reading them unpickles the "
+            "files, which can execute code, so --trust-pickle is required."
+        ),
+    )
+    p.add_argument(
+        "--format", choices=FORMATS, required=True, dest="fmt", help="irn or psa (PSA/SEAM/TransCAM)"
+    )
+    p.add_argument("--src", type=Path, required=True, metavar="DIR", help="folder of <name>.npy dumps")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for <name>.npz files")
+    p.add_argument(
+        "--num-classes",
+        type=_num_classes_arg,
+        default=21,
+        metavar="N",
+        help="classes incl. background, to check PSA keys (default 21, VOC)",
+    )
+    p.add_argument("--trust-pickle", action="store_true", help="allow unpickling (only for files you trust)")
+    p.add_argument("--overwrite", action="store_true", help="re-convert files that already exist")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_import_cams)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    num_classes, class_names = _classes(args)
+    names = read_name_list(args.list_file)
+    result = evaluate_label_dir(
+        args.pred,
+        args.gt,
+        names,
+        num_classes,
+        class_names,
+        mean=args.mean,
+        pred_ignore_as=0 if args.uncertain == "background" else None,
+        progress=not args.no_progress,
+    )
+    print(f"{result['num_images']} images, {args.pred} vs {args.gt}")
+    print(format_table(result))
+    if args.out is not None:
+        write_json(args.out, result)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _sweep_thresholds(values: list[float]) -> list[float]:
+    try:
+        return threshold_range(*values)
+    except ValueError as exc:
+        raise ConfigError(f"--thresholds {' '.join(f'{v:g}' for v in values)}: {exc}") from exc
+
+
+def _run_eval_cams(args: argparse.Namespace) -> int:
+    num_classes, class_names = _classes(args)
+    thresholds = _sweep_thresholds(args.thresholds)
+    names = read_name_list(args.list_file)
+    result = evaluate_cam_dir(
+        args.cams,
+        args.gt,
+        names,
+        num_classes,
+        thresholds,
+        fixed_threshold=args.fixed_threshold,
+        class_names=class_names,
+        mean=args.mean,
+        progress=not args.no_progress,
+    )
+    _print_cam_result(result)
+    if args.out is not None:
+        from wsss.eval.plot import plot_threshold_curve  # matplotlib only when a picture is wanted
+
+        write_json(args.out / "cam_eval.json", result)
+        sweep, oracle, fixed = result["sweep"], result["oracle"], result["fixed"]
+        plot_threshold_curve(
+            sweep["thresholds"],
+            sweep["miou"],
+            args.out / "threshold_curve.png",
+            best=(oracle["threshold"], oracle["miou"]) if oracle and oracle["miou"] is not None else None,
+            fixed=(fixed["threshold"], fixed["miou"]) if fixed and fixed["miou"] is not None else None,
+            title=f"CAM mIoU vs. background threshold ({result['num_images']} images)",
+        )
+        print(f"wrote {args.out / 'cam_eval.json'} and {args.out / 'threshold_curve.png'}")
+    return 0
+
+
+def _print_cam_result(result: dict[str, Any]) -> None:
+    sweep = result["sweep"]
+    n_thr = len(sweep["thresholds"])
+    print(f"{result['num_images']} images, CAMs normalised '{result['norm']}', {n_thr} thresholds")
+    oracle = result["oracle"]
+    if oracle is None:
+        print("no scorable pixels: every ground-truth pixel is ignore (255)")
+        return
+    print(f"best threshold {oracle['threshold']:g}: mIoU {100 * oracle['miou']:.2f}  [{oracle['label']}]")
+    print(format_table(oracle))
+    fixed = result["fixed"]
+    if fixed is not None:
+        miou = "-" if fixed["miou"] is None else f"{100 * fixed['miou']:.2f}"
+        print(f"\nthreshold {fixed['threshold']:g}: mIoU {miou}  [{fixed['label']}]")
+        print(format_table(fixed))
+
+
+def _run_import_cams(args: argparse.Namespace) -> int:
+    counts = import_dir(
+        args.fmt,
+        args.src,
+        args.out,
+        num_classes=args.num_classes,
+        trust=args.trust_pickle,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(
+        f"converted {counts['converted']} files, kept {counts['skipped']} already converted, into {args.out}"
+    )
+    return 0

@@ -1,0 +1,113 @@
+"""Commands that run recipes: ``recipes``, ``run``, ``demo`` and one command per stage."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wsss.config import load_recipe, recipe_names
+
+# The eval-cams stage runs through ``wsss run --stages eval-cams``; the ``eval-cams`` command
+# itself (wsss.cli.evaluate) scores any folder of CAM files.
+STAGE_HELP = {
+    "train-cls": "train the CAM classifier on image-level tags",
+    "make-cams": "write multi-scale + flip CAM files (sharded, resumable)",
+    "make-labels": "turn CAM files into pseudo-mask PNGs and score them",
+}
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    from wsss.engine import parse_shard
+
+    return parse_shard(text)
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, out_required: bool) -> None:
+    p.add_argument("recipe", help="shipped recipe name (see 'wsss recipes') or a YAML file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set classifier.epochs=5 (repeatable)",
+    )
+    p.add_argument("--out", required=out_required, type=Path, help="run directory")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the recipe's)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="process only shard I of N (map stages)")
+
+
+def _default_out(recipe_ref: str) -> Path:
+    return Path("runs") / Path(recipe_ref).with_suffix("").as_posix().replace("/", "-")
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    for name in recipe_names():
+        r = load_recipe(name)
+        print(f"{name:28s} {r.description}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from wsss.pipeline import run_pipeline
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    out = args.out or _default_out(args.recipe)
+    record = run_pipeline(recipe, out, stages=stages, device=args.device, shard=_parse_shard(args.shard))
+    print(f"run directory: {out}")
+    for name, info in record.get("stages", {}).items():
+        print(f"  {name:12s} {info['seconds']:8.1f} s")
+    return 0
+
+
+def _stage_command(stage: str):
+    def cmd(args: argparse.Namespace) -> int:
+        from wsss.pipeline import run_pipeline
+
+        recipe = load_recipe(args.recipe, args.overrides)
+        run_pipeline(recipe, args.out, stages=[stage], device=args.device, shard=_parse_shard(args.shard))
+        print(f"{stage}: done in {args.out}")
+        return 0
+
+    return cmd
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from wsss.demo import run_demo
+
+    run_demo(out=args.out, device=args.device, quick=args.quick, overrides=args.overrides)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="generate the embedded dataset and run the BNR pipeline on it (CPU, minutes)"
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--quick", action="store_true", help="tiny dataset and one epoch (smoke test)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of the demo recipe",
+    )
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run a recipe's stages in one run directory (skips finished work)")
+    _add_run_options(p, out_required=False)
+    p.add_argument("--stages", default=None, help="comma-separated subset of stages, in order")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("recipes", help="list the shipped recipes")
+    p.set_defaults(func=cmd_recipes)
+
+    for stage, text in STAGE_HELP.items():
+        p = sub.add_parser(stage, help=text)
+        _add_run_options(p, out_required=True)
+        p.set_defaults(func=_stage_command(stage))

@@ -1,0 +1,235 @@
+"""Load recipes from YAML, apply ``--set a.b=c`` overrides, validate, and save them.
+
+Validation walks the dataclass schema: every key must be a field (else the error names the
+key's dotted path and the closest valid name) and every value must have the field's type.
+Recipes may inherit with ``base: other.yaml`` (deep merge, child wins).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import posixpath
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+from wsss.config.schema import Recipe
+from wsss.errors import ConfigError
+from wsss.files import write_text
+from wsss.registry import suggest
+
+T = TypeVar("T")
+
+RECIPE_PACKAGE = "wsss.config.recipes"
+
+
+# --------------------------------------------------------------------------- recipe files
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped in the package, e.g. ``synth/bnr-nano``."""
+    root = resources.files(RECIPE_PACKAGE)
+    names = []
+    for group in root.iterdir():
+        if group.is_dir():
+            names += [f"{group.name}/{f.name[:-5]}" for f in group.iterdir() if f.name.endswith(".yaml")]
+    return sorted(names)
+
+
+def _read_yaml(ref: str | Path, relative_to: Path | None = None) -> tuple[dict[str, Any], str]:
+    """Read a recipe by file path or shipped name; return (mapping, where-it-came-from)."""
+    ref_s = str(ref)
+    candidates: list[Path] = []
+    if relative_to is not None:
+        candidates.append(relative_to / ref_s)
+    else:
+        candidates.append(Path(ref_s))
+    for cand in candidates:
+        if cand.is_file():
+            return _parse(cand.read_text(), str(cand)), str(cand.resolve())
+    name = ref_s[:-5] if ref_s.endswith(".yaml") else ref_s
+    shipped = resources.files(RECIPE_PACKAGE).joinpath(f"{name}.yaml")
+    if shipped.is_file():
+        return _parse(shipped.read_text(), f"recipe '{name}'"), f"pkg:{name}"
+    raise ConfigError(
+        f"recipe '{ref_s}' is neither a file nor a shipped recipe{suggest(name, recipe_names())}; "
+        f"run 'wsss recipes' to list the shipped ones"
+    )
+
+
+def _parse(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a recipe must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _load_tree(ref: str | Path, relative_to: Path | None = None, seen: tuple[str, ...] = ()) -> dict:
+    data, where = _read_yaml(ref, relative_to)
+    if where in seen:
+        raise ConfigError(f"recipe inheritance loops: {' -> '.join((*seen, where))}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if where.startswith("pkg:"):  # a shipped recipe's base is relative to its group folder
+        name = posixpath.normpath(posixpath.join(posixpath.dirname(where[4:]), str(base)))
+        parent = _load_tree(name, None, (*seen, where))
+    else:
+        parent = _load_tree(base, Path(where).parent, (*seen, where))
+    return deep_merge(parent, data)
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    """Merge ``top`` into a copy of ``base``; nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _OPAQUE_DICTS:
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# Builder-argument mappings replace rather than merge: a child recipe that changes the component
+# (e.g. ``method: transcam``) must not inherit keywords meant for the parent's component.
+_OPAQUE_DICTS: frozenset[str] = frozenset({"method_args", "model_args", "args"})
+
+
+# --------------------------------------------------------------------------- overrides
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` strings (values parsed as YAML) to a raw recipe mapping."""
+    tree = copy.deepcopy(tree)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.path=value")
+        path, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from exc
+        node = tree
+        keys = path.strip().split(".")
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{key}' is not a section")
+            node = child
+        node[keys[-1]] = value
+    return tree
+
+
+# --------------------------------------------------------------------------- validation
+def from_dict(cls: type[T], data: Any, path: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys and value types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{path or '<root>'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            raise ConfigError(
+                f"unknown key '{full}'{suggest(str(key), fields)}; valid keys here: {', '.join(fields)}"
+            )
+        kwargs[key] = _coerce(hints[key], value, full)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"'{path}': {value!r} fits none of {tp}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(
+                f"'{path}' must be one of {', '.join(map(repr, choices))}, got {value!r}"
+                f"{suggest(str(value), [str(c) for c in choices])}"
+            )
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{path}' must be a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"'{path}' must have {len(args)} items, got {len(value)}")
+            return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        out = [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{path}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{path}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{path}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{path}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{path}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"schema type {tp!r} at '{path}' is not supported by the loader")
+
+
+# --------------------------------------------------------------------------- public API
+def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe file or shipped name, apply overrides, and validate it."""
+    tree = apply_overrides(_load_tree(ref), overrides or [])
+    return from_dict(Recipe, tree)
+
+
+def recipe_from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    """Validate an in-memory recipe mapping (tests, programmatic use)."""
+    return from_dict(Recipe, apply_overrides(tree, overrides or []))
+
+
+def to_dict(recipe: Any) -> dict[str, Any]:
+    """Plain-YAML-able mapping of a (validated) recipe; tuples become lists."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(recipe))
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the fully resolved recipe (atomically) so a run can be reproduced exactly."""
+    write_text(path, yaml.safe_dump(to_dict(recipe), sort_keys=False))

@@ -1,0 +1,251 @@
+"""The one dataset class every layout (VOC, COCO, folder, synth) builds, plus the checks they share.
+
+A layout-specific builder only has to work out, per image, its name, image path, optional mask
+path and image-level label vector; reading, size checks and transforms live here, so every
+dataset answers the same interface and fails with the same kind of message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from wsss.data.images import image_size, read_image
+from wsss.data.labels import labels_from_masks
+from wsss.data.palette import read_label_png
+from wsss.errors import DataError
+
+_SHOW = 5  # how many offending names an error message lists
+
+
+def name_preview(names: Sequence[str], show: int = _SHOW) -> str:
+    """'a, b, c … (+7 more)' for error messages."""
+    head = ", ".join(str(n) for n in names[:show])
+    return head + (f" … (+{len(names) - show} more)" if len(names) > show else "")
+
+
+def read_list_file(path: str | os.PathLike) -> list[str]:
+    """Image names from a split list, one per line.
+
+    Only the first token of a line counts, and a path-like token is reduced to its stem,
+    so DeepLab-style lists (``/JPEGImages/x.jpg /SegmentationClassAug/x.png``) work too.
+    Blank lines and ``#`` comments are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split list not found: {path}")
+    names: list[str] = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        token = line.split()[0]
+        if "/" in token or "\\" in token or Path(token).suffix.lower() in (".jpg", ".jpeg", ".png"):
+            token = Path(token.replace("\\", "/")).stem
+        if token in seen:
+            raise DataError(f"split list {path}, line {lineno}: '{token}' is listed twice")
+        seen.add(token)
+        names.append(token)
+    if not names:
+        raise DataError(f"split list {path} names no images")
+    return names
+
+
+def resolve_list_file(split: str, list_dir: Path) -> Path:
+    """``split`` is a name (``list_dir/<split>.txt``) or a path to a list file."""
+    candidate = list_dir / f"{split}.txt"
+    if candidate.is_file():
+        return candidate
+    as_path = Path(split)
+    if as_path.is_file():
+        return as_path
+    available = sorted(p.stem for p in list_dir.glob("*.txt")) if list_dir.is_dir() else []
+    raise DataError(
+        f"split '{split}': neither {candidate} nor a list file at that path exists; "
+        f"splits in {list_dir}: {', '.join(available) or '(none)'}"
+    )
+
+
+def read_class_names(path: str | os.PathLike, background_optional: bool = False) -> tuple[str, ...]:
+    """Class names from ``classes.txt`` (one per line); the result always starts with ``background``.
+
+    VOC-style datasets require the first line to be ``background``; with
+    ``background_optional`` a file of foreground names only gets it prepended.
+    """
+    path = Path(path)
+    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not names:
+        raise DataError(f"class list {path} is empty")
+    if names[0] != "background":
+        if not background_optional:
+            raise DataError(f"class list {path}: the first line must be 'background' (got '{names[0]}')")
+        names.insert(0, "background")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"class list {path}: duplicate class names {dupes}")
+    if len(names) > 255:
+        raise DataError(
+            f"class list {path}: {len(names)} classes, at most 255 fit a PNG mask with 255 = ignore"
+        )
+    return tuple(names)
+
+
+def check_files_exist(paths: Sequence[Path], list_file: Path | str, what: str = "image") -> None:
+    """One DataError naming the list file and the first missing files, with their count."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"split list {list_file} names {len(missing)} {what}(s) that do not exist "
+            f"(of {len(paths)}): {name_preview(missing)}"
+        )
+
+
+def find_masks(names: Sequence[str], mask_paths: Sequence[Path], strict: bool) -> list[Path] | None:
+    """All mask paths when every mask exists, ``None`` when none does.
+
+    Some but not all is an error when ``strict`` (a silently missing ground truth would
+    change evaluation numbers) and ``None`` otherwise.
+    """
+    exists = [p.is_file() for p in mask_paths]
+    if all(exists):
+        return list(mask_paths)
+    if not any(exists) or not strict:
+        return None
+    missing = [str(p) for p, ok in zip(mask_paths, exists) if not ok]
+    raise DataError(
+        f"{len(missing)} of {len(names)} masks are missing: {name_preview(missing)}; point mask_dir at a "
+        "folder holding a mask for every listed image (e.g. SegmentationClassAug for train_aug) "
+        "or load without masks (with_masks=False)"
+    )
+
+
+def stack_labels(
+    names: Sequence[str], labels: dict[str, np.ndarray], source: Path | str, k: int
+) -> np.ndarray:
+    """(N, K) float32 labels in ``names`` order; names absent from ``labels`` are one error."""
+    missing = [n for n in names if n not in labels]
+    if missing:
+        raise DataError(
+            f"{source} has no image-level labels for {len(missing)} of {len(names)} listed images: "
+            f"{name_preview(missing)}"
+        )
+    out = np.zeros((len(names), k), dtype=np.float32)
+    for i, n in enumerate(names):
+        vec = np.asarray(labels[n], dtype=np.float32)
+        if vec.shape != (k,):
+            raise DataError(f"{source}: label of '{n}' has shape {vec.shape}, expected ({k},)")
+        out[i] = vec
+    return out
+
+
+def labels_from_mask_files(names: Sequence[str], mask_paths: Sequence[Path], num_classes: int) -> np.ndarray:
+    """(N, K) labels derived from the masks (the mask stems must be the names).
+
+    Reading every mask takes a while on large sets (VOC train_aug: a labels file is faster),
+    so a progress bar appears from 1,000 masks on.
+    """
+    from_masks = labels_from_masks(mask_paths, num_classes, progress=len(mask_paths) >= 1000)
+    by_name = {n: from_masks[p.stem] for n, p in zip(names, mask_paths)}
+    return stack_labels(names, by_name, "the masks", num_classes - 1)
+
+
+class TaggedImageDataset(Dataset):
+    """Images with image-level tags and, when available, pixel masks.
+
+    ``__getitem__`` returns ``{"name", "image" (tv_tensors.Image uint8 3xHxW before the
+    transform), "labels" (float32 (K,)), "size" (original (H, W)), "mask" (tv_tensors.Mask
+    int64 HxW; only when masks exist and ``with_masks``)}``. ``transform`` is a
+    ``torchvision.transforms.v2`` transform (or any callable) applied to the dict
+    ``{"image": …, "mask": …}`` so image and mask get the same random parameters.
+    """
+
+    def __init__(
+        self,
+        *,
+        names: Sequence[str],
+        image_paths: Sequence[Path],
+        labels: np.ndarray,
+        class_names: Sequence[str],
+        mask_paths: Sequence[Path] | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        with_masks: bool = True,
+        source: str = "",
+    ) -> None:
+        self.names = list(names)
+        self.class_names = tuple(class_names)
+        self.num_classes = len(self.class_names)
+        self.labels = np.asarray(labels, dtype=np.float32)
+        self._image_paths = [Path(p) for p in image_paths]
+        self._mask_paths = [Path(p) for p in mask_paths] if mask_paths is not None else None
+        self.transform = transform
+        self.with_masks = with_masks
+        self.source = source
+        n = len(self.names)
+        if len(self._image_paths) != n or self.labels.shape != (n, self.num_classes - 1):
+            raise ValueError(
+                f"inconsistent dataset: {n} names, {len(self._image_paths)} images, labels {self.labels.shape}"
+            )
+        if self._mask_paths is not None and len(self._mask_paths) != n:
+            raise ValueError(f"inconsistent dataset: {n} names but {len(self._mask_paths)} masks")
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether every image has a mask file."""
+        return self._mask_paths is not None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.source or '?'}: {len(self)} images, {self.num_classes} classes, "
+            f"masks={'yes' if self.has_masks else 'no'})"
+        )
+
+    def image_path(self, i: int) -> Path:
+        return self._image_paths[i]
+
+    def mask_path(self, i: int) -> Path | None:
+        return self._mask_paths[i] if self._mask_paths is not None else None
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """(H, W) of image ``i`` read from its header."""
+        return image_size(self._image_paths[i])
+
+    def read_mask(self, i: int, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+        """HxW uint8 mask of image ``i``, checked against the image's size."""
+        path = self.mask_path(i)
+        if path is None:
+            raise DataError(f"{self.source or 'dataset'} has no masks (image '{self.names[i]}')")
+        return read_label_png(path, expected_size=expected_size or self.image_size(i))
+
+    def class_image_counts(self) -> np.ndarray:
+        """(K,) number of images tagged with each foreground class."""
+        return (self.labels > 0).sum(axis=0).astype(np.int64)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        array = read_image(self._image_paths[i])
+        size = (int(array.shape[0]), int(array.shape[1]))
+        data: dict[str, Any] = {"image": tv_tensors.Image(torch.from_numpy(array.transpose(2, 0, 1).copy()))}
+        if self.with_masks and self._mask_paths is not None:
+            mask = read_label_png(self._mask_paths[i], expected_size=size)
+            data["mask"] = tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64)))
+        if self.transform is not None:
+            data = self.transform(data)
+        sample: dict[str, Any] = {
+            "name": self.names[i],
+            "image": data["image"],
+            "labels": torch.from_numpy(self.labels[i].copy()),
+            "size": size,
+        }
+        if "mask" in data:
+            sample["mask"] = data["mask"]
+        return sample

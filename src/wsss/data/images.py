@@ -1,0 +1,37 @@
+"""Image reading with errors that name the file; grayscale and CMYK become RGB."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from wsss.errors import DataError
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as HxWx3 uint8 RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        raise DataError(f"image {path} is corrupt or truncated ({exc}); re-create or re-download it") from exc
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image without decoding its pixels."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except FileNotFoundError as exc:
+        raise DataError(f"image file not found: {path}") from exc
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"image {path} is corrupt ({exc}); re-create or re-download it") from exc
+    return h, w

@@ -1,0 +1,5 @@
+"""Feature extractors selectable by name from ``wsss.registry.BACKBONES``."""
+
+from wsss.models.backbones.conformer import CONFORMER_VARIANTS, Conformer, ConformerFeatures, ConformerSpec
+
+__all__ = ["CONFORMER_VARIANTS", "Conformer", "ConformerFeatures", "ConformerSpec"]

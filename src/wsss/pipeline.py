@@ -1,0 +1,132 @@
+"""Run a recipe's stages in order in one run directory.
+
+A stage whose outputs are complete is skipped; a partial one resumes (each stage is written
+to make that safe). ``run.json`` records the resolved recipe, versions, the git commit, and
+every stage's timing and measured numbers; ``recipe.yaml`` is the resolved recipe itself.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+import yaml
+
+import wsss
+from wsss.config import Recipe, save_recipe, to_dict
+from wsss.engine import barrier, init_distributed, resolve_device, setup_run_logging
+from wsss.errors import ConfigError
+from wsss.files import write_json
+from wsss.registry import suggest
+from wsss.stages import eval_cams, make_cams, make_labels, train_cls
+from wsss.stages.context import StageContext
+
+STAGES: dict[str, ModuleType] = {m.NAME: m for m in (train_cls, make_cams, eval_cams, make_labels)}
+
+
+def check_stages(names: list[str]) -> None:
+    for name in names:
+        if name not in STAGES:
+            raise ConfigError(f"unknown stage '{name}'{suggest(name, STAGES)}; stages: {', '.join(STAGES)}")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """Refuse to resume a run directory that was made with different settings."""
+    path = run_dir / "recipe.yaml"
+    if not path.is_file():
+        return
+    old = _flatten(yaml.safe_load(path.read_text()) or {})
+    new = _flatten(to_dict(recipe))
+    ignore = {"stages", "device"}  # may change between invocations of the same run
+    diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
+        raise ConfigError(
+            f"run directory {run_dir} was made with a different recipe ({shown}"
+            f"{' …' if len(diff) > 5 else ''}); use another --out, or delete the directory to start over"
+        )
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(wsss.__file__).resolve().parent
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        return res.stdout.strip() or None if res.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_pipeline(
+    recipe: Recipe,
+    run_dir: str | Path,
+    *,
+    stages: list[str] | None = None,
+    device: str | None = None,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Run ``stages`` (default: the recipe's) and return the run record (also in run.json)."""
+    run_dir = Path(run_dir)
+    names = stages or recipe.stages
+    check_stages(names)
+    dist = init_distributed()
+    dev = resolve_device(device or recipe.device, local_rank=dist.local_rank if dist.world_size > 1 else None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_recipe(run_dir, recipe)
+    logger = setup_run_logging(run_dir, "pipeline")
+    record_path = run_dir / "run.json"
+    record: dict[str, Any] = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record.update(
+        {
+            "recipe": recipe.name,
+            "config": to_dict(recipe),
+            "versions": {
+                "wsss": wsss.__version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+            "git_commit": _git_commit(),
+            "device": str(dev),
+            "world_size": dist.world_size,
+        }
+    )
+    record.setdefault("stages", {})
+    if dist.is_main:
+        save_recipe(recipe, run_dir / "recipe.yaml")
+    ctx = StageContext(recipe=recipe, run_dir=run_dir, device=dev, dist=dist, logger=logger, shard=shard)
+    for name in names:
+        stage = STAGES[name]
+        if stage.is_complete(ctx):
+            logger.info("stage %s: outputs complete, skipped", name)
+            continue
+        logger.info("stage %s: running", name)
+        t0 = time.time()
+        metrics = stage.run(ctx)
+        barrier()
+        record["stages"][name] = {"seconds": round(time.time() - t0, 1), "metrics": metrics}
+        if dist.is_main:
+            write_json(record_path, record)
+        if shard is not None and not stage.is_complete(ctx):
+            logger.info("stage %s: shard %d/%d done; later stages wait for the other shards", name, *shard)
+            break
+    if dist.is_main:
+        write_json(record_path, record)
+    return record

@@ -1,0 +1,79 @@
+"""Multi-scale + flip CAM inference: batched passes equal one-at-a-time passes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wsss.cams.inference import minmax_normalise, multiscale_cams, scaled_size
+
+
+class TinyCam(nn.Module):
+    """A fully convolutional stride-16 CAM net (eval mode: no batch dependence)."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=4, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=4, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, classes, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_batched_equals_sequential() -> None:
+    net = TinyCam().eval()
+    g = torch.Generator().manual_seed(1)
+    images = [
+        torch.randint(0, 256, (3, 40, 56), generator=g, dtype=torch.uint8),
+        torch.randint(0, 256, (3, 64, 48), generator=g, dtype=torch.uint8),
+    ]
+    labels = [torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 0.0])]
+    for mode, scales in (("square", [32.0, 48.0, 64.0]), ("relative", [0.5, 1.0, 1.5])):
+        kw = dict(scale_mode=mode, flip=True, output_stride=16)
+        a = multiscale_cams(net, images, labels, scales, batched=True, **kw)
+        b = multiscale_cams(net, images, labels, scales, batched=False, **kw)
+        for x, y, img in zip(a, b, images):
+            assert x.shape == (3, *img.shape[-2:])
+            assert torch.allclose(x, y, atol=1e-5)
+        # absent classes are exactly zero
+        assert a[0][1].abs().max() == 0 and a[1][0].abs().max() == 0
+
+
+def test_flip_is_undone() -> None:
+    """A net whose CAM is its input's red channel: flip passes must add the same map back."""
+
+    def cam_fn(x: torch.Tensor) -> torch.Tensor:
+        r = nn.functional.avg_pool2d(x[:, :1], 16)
+        return torch.cat([torch.zeros_like(r), r], 1)
+
+    img = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    img[0, :, :16] = 255  # left half red
+    out = multiscale_cams(cam_fn, [img], [torch.tensor([1.0])], [32.0], flip=True)[0]
+    single = multiscale_cams(cam_fn, [img], [torch.tensor([1.0])], [32.0], flip=False)[0]
+    assert torch.allclose(out, 2 * single, atol=1e-5)
+    assert out[0, :, :8].mean() > out[0, :, 24:].mean()
+
+
+def test_target_stride_and_sizes() -> None:
+    assert scaled_size((375, 500), 256, "square") == (256, 256)
+    assert scaled_size((375, 500), 0.5, "relative") == (188, 250)
+    net = TinyCam().eval()
+    img = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
+    out = multiscale_cams(net, [img], [torch.ones(3)], [64.0], target_stride=4)[0]
+    assert out.shape == (3, 13, 18)  # ceil(50/4), ceil(70/4)
+
+
+def test_minmax_normalise() -> None:
+    x = torch.tensor([[[-1.0, 0.0], [2.0, 4.0]], [[1.0, 1.0], [3.0, 5.0]]])
+    y = minmax_normalise(x)
+    assert torch.allclose(y.flatten(1).max(1).values, torch.ones(2), atol=1e-4)
+    assert y.min() == 0
+    # class 2: (3 - 1 - eps)/(5 - 1 + eps)
+    assert abs(float(y[1, 1, 0]) - (2 - 1e-5) / (4 + 1e-5)) < 1e-6

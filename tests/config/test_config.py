@@ -1,0 +1,92 @@
+"""Recipe schema: validation errors name the key and suggest the closest valid one."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from wsss.config import load_recipe, recipe_from_dict, recipe_names, save_recipe, to_dict
+from wsss.errors import ConfigError
+from wsss.registry import Registry, check_kwargs
+
+
+def test_defaults_validate() -> None:
+    r = recipe_from_dict({})
+    assert r.classifier.lr == pytest.approx(5e-5)
+    assert r.cams.scales == [256, 512, 768]
+
+
+def test_typo_names_key_path_and_suggestion() -> None:
+    with pytest.raises(ConfigError) as info:
+        recipe_from_dict({"classifier": {"learning_rate": 0.1, "epochs": 3}})
+    msg = str(info.value)
+    assert "'classifier.learning_rate'" in msg
+    with pytest.raises(ConfigError) as info:
+        recipe_from_dict({"classifer": {"lr": 0.1}})
+    assert "'classifer'" in str(info.value) and "did you mean 'classifier'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        recipe_from_dict({"classifier": {"epoch": 3}})
+    assert "did you mean 'epochs'" in str(info.value)
+
+
+def test_wrong_types_are_errors() -> None:
+    with pytest.raises(ConfigError, match=r"'classifier\.epochs' must be an integer"):
+        recipe_from_dict({"classifier": {"epochs": "ten"}})
+    with pytest.raises(ConfigError, match=r"'cams\.flip' must be true or false"):
+        recipe_from_dict({"cams": {"flip": "yes please"}})
+    with pytest.raises(ConfigError, match=r"'classifier\.amp' must be one of"):
+        recipe_from_dict({"classifier": {"amp": "bf61"}})
+    with pytest.raises(ConfigError, match=r"'classifier\.resize_long' must have 2 items"):
+        recipe_from_dict({"classifier": {"resize_long": [1, 2, 3]}})
+    # an int is a valid float, a bool is not an int
+    assert recipe_from_dict({"classifier": {"lr": 1}}).classifier.lr == 1.0
+    with pytest.raises(ConfigError):
+        recipe_from_dict({"seed": True})
+
+
+def test_overrides_beat_yaml_and_are_validated(tmp_path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "classifier": {"epochs": 5, "lr": 0.5}}))
+    r = load_recipe(path, ["classifier.epochs=7", "cams.scales=[64, 96]", "evaluate.fixed_threshold=null"])
+    assert r.classifier.epochs == 7 and r.classifier.lr == 0.5
+    assert r.cams.scales == [64, 96] and r.evaluate.fixed_threshold is None
+    with pytest.raises(ConfigError, match="did you mean 'scales'"):
+        load_recipe(path, ["cams.scale=[1]"])
+    with pytest.raises(ConfigError, match=r"key\.path=value"):
+        load_recipe(path, ["cams.scales"])
+
+
+def test_base_inheritance_and_roundtrip(tmp_path) -> None:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"name": "b", "classifier": {"epochs": 2, "lr": 0.1}}))
+    (tmp_path / "child.yaml").write_text(
+        yaml.safe_dump({"base": "base.yaml", "name": "c", "classifier": {"lr": 0.2}})
+    )
+    r = load_recipe(tmp_path / "child.yaml")
+    assert (r.name, r.classifier.epochs, r.classifier.lr) == ("c", 2, 0.2)
+    out = tmp_path / "run" / "recipe.yaml"
+    save_recipe(r, out)
+    again = load_recipe(out)
+    assert to_dict(again) == to_dict(r)
+
+
+def test_unknown_recipe_suggests_shipped_one() -> None:
+    names = recipe_names()
+    assert names, "the package ships recipes"
+    with pytest.raises(ConfigError, match="wsss recipes"):
+        load_recipe(names[0] + "x")
+    for name in names:  # every shipped recipe validates
+        load_recipe(name)
+
+
+def test_registry_unknown_name_and_kwargs() -> None:
+    reg = Registry("widget")
+
+    @reg.register("square")
+    def build_square(size: int = 1, colour: str = "red") -> tuple[int, str]:
+        return size, colour
+
+    assert reg.build("square", size=3) == (3, "red")
+    with pytest.raises(ConfigError, match="did you mean 'square'"):
+        reg.get("squares", where="model.widget")
+    with pytest.raises(ConfigError, match=r"unknown key 'cfg\.color' \(did you mean 'colour'\?\)"):
+        check_kwargs(build_square, {"color": "blue"}, "cfg")

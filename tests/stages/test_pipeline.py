@@ -1,0 +1,120 @@
+"""The pipeline on a tiny embedded dataset: outputs, skip-when-done, exact resume, sharding."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wsss.cams.files import load_cam
+from wsss.config import load_recipe
+from wsss.data.synth import generate_synth
+from wsss.engine import init_distributed, resolve_device
+from wsss.errors import ConfigError
+from wsss.pipeline import run_pipeline
+from wsss.stages import make_cams, train_cls
+from wsss.stages.context import StageContext
+
+TINY = [
+    "classifier.epochs=2",
+    "classifier.batch_size=8",
+    "classifier.num_workers=0",
+    "classifier.resize_long=[56, 72]",
+    "classifier.crop_size=64",
+    "cams.scales=[48.0, 64.0]",
+    "cams.batch_images=5",
+]
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    generate_synth(root, num_train=16, num_val=6, size=64, seed=3, progress=False)
+    return root
+
+
+def _recipe(root: Path, *extra: str):
+    return load_recipe("synth/bnr-nano", [f"data.root={root}", *TINY, *extra])
+
+
+def _ctx(recipe, run_dir: Path, shard=None) -> StageContext:
+    return StageContext(
+        recipe=recipe,
+        run_dir=run_dir,
+        device=resolve_device("cpu"),
+        dist=init_distributed(),
+        logger=logging.getLogger("test"),
+        shard=shard,
+    )
+
+
+def test_pipeline_outputs_and_skip(synth_root: Path, tmp_path: Path) -> None:
+    recipe = _recipe(synth_root)
+    run = tmp_path / "run"
+    record = run_pipeline(recipe, run, device="cpu")
+    assert list(record["stages"]) == ["train-cls", "make-cams", "eval-cams", "make-labels"]
+    for split, n in (("train", 16), ("val", 6)):
+        cams = sorted((run / "cams" / split).glob("*.npz"))
+        labels = sorted((run / "labels" / split).glob("*.png"))
+        assert len(cams) == n and len(labels) == n
+    rec = load_cam(next((run / "cams" / "train").glob("*.npz")))
+    assert rec.norm == "minmax" and rec.stride == 1 and rec.size == (64, 64)
+    assert rec.cams.shape[1:] == (64, 64) and np.isclose(rec.cams.max(axis=(1, 2)), 1.0, atol=1e-3).all()
+    summary = json.loads((run / "eval" / "cams.json").read_text())["summary"]
+    train = summary["splits"]["train"]
+    assert 0.0 <= train["oracle_miou"] <= 1.0 and train["miou_at_chosen"] == train["oracle_miou"]
+    assert (run / "eval" / "threshold_curve_train.png").stat().st_size > 1000
+    saved = load_recipe(run / "recipe.yaml")
+    assert saved.classifier.epochs == 2 and saved.data.root == str(synth_root)
+    stamp = {p: p.stat().st_mtime_ns for p in (run / "cams" / "train").glob("*.npz")}
+    again = run_pipeline(recipe, run, device="cpu")
+    assert again["stages"]["make-cams"] == record["stages"]["make-cams"]  # not re-run
+    assert stamp == {p: p.stat().st_mtime_ns for p in (run / "cams" / "train").glob("*.npz")}
+
+
+def test_changed_recipe_is_refused(synth_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_pipeline(_recipe(synth_root, "stages=[train-cls]", "classifier.epochs=1"), run, device="cpu")
+    with pytest.raises(ConfigError, match=r"classifier\.lr"):
+        run_pipeline(
+            _recipe(synth_root, "stages=[train-cls]", "classifier.epochs=1", "classifier.lr=0.1"),
+            run,
+            device="cpu",
+        )
+
+
+def test_resume_reproduces_uninterrupted_weights(synth_root: Path, tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_cls.run(_ctx(_recipe(synth_root, "classifier.epochs=2"), straight))
+    # "interrupted" after epoch 1: the state file holds epoch 1; a rerun continues from it
+    train_cls.run(_ctx(_recipe(synth_root, "classifier.epochs=1"), resumed))
+    assert torch.load(resumed / "train-cls" / "state.pt", weights_only=True)["epoch"] == 1
+    train_cls.run(_ctx(_recipe(synth_root, "classifier.epochs=2"), resumed))
+    a = load_file(straight / "train-cls" / "model.safetensors")
+    b = load_file(resumed / "train-cls" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_shards_cover_the_split_identically(synth_root: Path, tmp_path: Path) -> None:
+    recipe = _recipe(synth_root, "classifier.epochs=1", "cams.splits=[val]")
+    full, sharded = tmp_path / "full", tmp_path / "sharded"
+    train_cls.run(_ctx(recipe, full))
+    sharded.mkdir()
+    (sharded / "train-cls").mkdir()
+    for f in ("model.safetensors", "model.json"):
+        (sharded / "train-cls" / f).write_bytes((full / "train-cls" / f).read_bytes())
+    make_cams.run(_ctx(recipe, full))
+    make_cams.run(_ctx(recipe, sharded, shard=(0, 2)))
+    assert not make_cams.is_complete(_ctx(recipe, sharded))
+    assert len(list((sharded / "cams" / "val").glob("*.npz"))) == 3
+    make_cams.run(_ctx(recipe, sharded, shard=(1, 2)))
+    assert make_cams.is_complete(_ctx(recipe, sharded))
+    for path in (full / "cams" / "val").glob("*.npz"):
+        a, b = load_cam(path), load_cam(sharded / "cams" / "val" / path.name)
+        assert np.array_equal(a.cams, b.cams) and np.array_equal(a.keys, b.keys)
