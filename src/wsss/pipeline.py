@@ -119,7 +119,8 @@ def run_pipeline(
             continue
         logger.info("stage %s: running", name)
         t0 = time.time()
-        metrics = stage.run(ctx)
+        # measurement stages run on rank 0 only; the others wait at the barrier
+        metrics = stage.run(ctx) if dist.is_main or not getattr(stage, "MAIN_ONLY", False) else {}
         barrier()
         record["stages"][name] = {"seconds": round(time.time() - t0, 1), "metrics": metrics}
         if dist.is_main:

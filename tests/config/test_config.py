@@ -40,6 +40,7 @@ def test_wrong_types_are_errors() -> None:
         recipe_from_dict({"classifier": {"resize_long": [1, 2, 3]}})
     # an int is a valid float, a bool is not an int
     assert recipe_from_dict({"classifier": {"lr": 1}}).classifier.lr == 1.0
+    assert recipe_from_dict({}, ["classifier.lr=3e-4"]).classifier.lr == 3e-4  # YAML 1.1 reads a string
     with pytest.raises(ConfigError):
         recipe_from_dict({"seed": True})
 

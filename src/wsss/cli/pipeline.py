@@ -39,6 +39,12 @@ def _add_run_options(p: argparse.ArgumentParser, *, out_required: bool) -> None:
     p.add_argument("--shard", default=None, metavar="I/N", help="process only shard I of N (map stages)")
 
 
+def _is_main() -> bool:
+    from wsss.engine import is_main
+
+    return is_main()
+
+
 def _default_out(recipe_ref: str) -> Path:
     return Path("runs") / Path(recipe_ref).with_suffix("").as_posix().replace("/", "-")
 
@@ -57,6 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     out = args.out or _default_out(args.recipe)
     record = run_pipeline(recipe, out, stages=stages, device=args.device, shard=_parse_shard(args.shard))
+    if not _is_main():
+        return 0
     print(f"run directory: {out}")
     for name, info in record.get("stages", {}).items():
         print(f"  {name:12s} {info['seconds']:8.1f} s")
@@ -69,7 +77,8 @@ def _stage_command(stage: str):
 
         recipe = load_recipe(args.recipe, args.overrides)
         run_pipeline(recipe, args.out, stages=[stage], device=args.device, shard=_parse_shard(args.shard))
-        print(f"{stage}: done in {args.out}")
+        if _is_main():
+            print(f"{stage}: done in {args.out}")
         return 0
 
     return cmd

@@ -17,6 +17,7 @@ from wsss.files import write_json
 from wsss.stages.context import StageContext
 
 NAME = "eval-cams"
+MAIN_ONLY = True  # reads every CAM file once; no sharding needed
 
 
 def _thresholds(ctx: StageContext) -> np.ndarray:
