@@ -36,9 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sbd", help="convert SBD .mat files to SegmentationClassAug PNGs and train_aug.txt")
     p.add_argument("--sbd", type=Path, required=True, metavar="DIR", help="SBD folder (benchmark_RELEASE)")
     p.add_argument("--voc", type=Path, required=True, metavar="DIR", help="VOC2012 folder (written into)")
-    p.add_argument("--expected", type=int, default=10582, metavar="N", help="expected train_aug size (10582)")
-    p.add_argument("--no-count-check", action="store_true", help="accept any train_aug size")
-    p.add_argument("--overwrite", action="store_true", help="rewrite masks that already exist")
+    _add_converter_args(p, 10582, "expected train_aug size (10582)", "accept any train_aug size")
     p.set_defaults(func=_run_sbd)
 
     p = sub.add_parser("coco", help="convert a COCO instances JSON to 81-class PNG masks, lists and labels")
@@ -47,9 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--subset", metavar="NAME", help="image folder name, e.g. train2014 (default: from JSON name)"
     )
-    p.add_argument("--expected", type=int, metavar="N", help="expected labelled images (default 82081/40137)")
-    p.add_argument("--no-count-check", action="store_true", help="accept any number of labelled images")
-    p.add_argument("--overwrite", action="store_true", help="rewrite masks that already exist")
+    _add_converter_args(
+        p, None, "expected labelled images (default 82081/40137)", "accept any number of labelled images"
+    )
     p.set_defaults(func=_run_coco)
 
     p = sub.add_parser(
@@ -71,6 +69,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     for action in sub.choices.values():
         action.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_converter_args(
+    p: argparse.ArgumentParser, expected: int | None, expected_help: str, no_check_help: str
+) -> None:
+    """The count check and overwrite options every converter (sbd, coco) shares."""
+    p.add_argument("--expected", type=int, default=expected, metavar="N", help=expected_help)
+    p.add_argument("--no-count-check", action="store_true", help=no_check_help)
+    p.add_argument("--overwrite", action="store_true", help="rewrite masks that already exist")
+
+
+def _converter_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Those options (and ``--no-progress``) as the converters' keyword arguments."""
+    return {
+        "expected_count": args.expected,
+        "check_counts": not args.no_count_check,
+        "overwrite": args.overwrite,
+        "progress": not args.no_progress,
+    }
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -120,31 +137,14 @@ def _run_synth(args: argparse.Namespace) -> int:
 def _run_sbd(args: argparse.Namespace) -> int:
     from wsss.data.sbd import convert_sbd
 
-    summary = convert_sbd(
-        args.sbd,
-        args.voc,
-        expected_count=args.expected,
-        check_counts=not args.no_count_check,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    _print_json(summary)
+    _print_json(convert_sbd(args.sbd, args.voc, **_converter_options(args)))
     return 0
 
 
 def _run_coco(args: argparse.Namespace) -> int:
     from wsss.data.coco import convert_coco
 
-    summary = convert_coco(
-        args.annotations,
-        args.root,
-        subset=args.subset,
-        expected_count=args.expected,
-        check_counts=not args.no_count_check,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    _print_json(summary)
+    _print_json(convert_coco(args.annotations, args.root, subset=args.subset, **_converter_options(args)))
     return 0
 
 

@@ -23,7 +23,10 @@ def _num_classes_arg(text: str) -> int:
     return value
 
 
-def _add_class_args(p: argparse.ArgumentParser) -> None:
+def _add_ground_truth_args(p: argparse.ArgumentParser) -> None:
+    """What every scoring command needs besides its predictions: GT masks, image names, classes."""
+    p.add_argument("--gt", type=Path, required=True, metavar="DIR", help="folder of <name>.png GT masks")
+    p.add_argument("--list", type=Path, required=True, metavar="FILE", dest="list_file", help="image names")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--classes", type=Path, metavar="FILE", help="class names, one per line, background first")
     g.add_argument(
@@ -46,9 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Per-class IoU and mIoU of palette-PNG label maps from a dataset-level confusion matrix.",
     )
     p.add_argument("--pred", type=Path, required=True, metavar="DIR", help="folder of <name>.png predictions")
-    p.add_argument("--gt", type=Path, required=True, metavar="DIR", help="folder of <name>.png GT masks")
-    p.add_argument("--list", type=Path, required=True, metavar="FILE", dest="list_file", help="image names")
-    _add_class_args(p)
+    _add_ground_truth_args(p)
     p.add_argument("--out", type=Path, metavar="JSON", help="also write the scores to this JSON file")
     p.add_argument("--mean", choices=list(MEAN_CONVENTIONS), default="all", help="mIoU mean convention")
     p.add_argument(
@@ -69,9 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--cams", type=Path, required=True, metavar="DIR", help="folder of <name>.npz CAM files")
-    p.add_argument("--gt", type=Path, required=True, metavar="DIR", help="folder of <name>.png GT masks")
-    p.add_argument("--list", type=Path, required=True, metavar="FILE", dest="list_file", help="image names")
-    _add_class_args(p)
+    _add_ground_truth_args(p)
     p.add_argument(
         "--thresholds",
         type=float,

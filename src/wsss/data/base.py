@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from wsss.data.images import image_size, read_image
-from wsss.data.labels import labels_from_masks
+from wsss.data.labels import labels_from_masks, load_image_labels
 from wsss.data.palette import read_label_png
 from wsss.errors import DataError
 
@@ -29,6 +29,12 @@ def name_preview(names: Sequence[str], show: int = _SHOW) -> str:
     """'a, b, c … (+7 more)' for error messages."""
     head = ", ".join(str(n) for n in names[:show])
     return head + (f" … (+{len(names) - show} more)" if len(names) > show else "")
+
+
+def under_root(root: Path, folder: str | os.PathLike) -> Path:
+    """``folder`` as given when absolute, else inside the dataset ``root``."""
+    folder = Path(folder)
+    return folder if folder.is_absolute() else root / folder
 
 
 def read_list_file(path: str | os.PathLike) -> list[str]:
@@ -155,6 +161,35 @@ def labels_from_mask_files(names: Sequence[str], mask_paths: Sequence[Path], num
     from_masks = labels_from_masks(mask_paths, num_classes, progress=len(mask_paths) >= 1000)
     by_name = {n: from_masks[p.stem] for n, p in zip(names, mask_paths)}
     return stack_labels(names, by_name, "the masks", num_classes - 1)
+
+
+def resolve_image_labels(
+    names: Sequence[str],
+    class_names: Sequence[str],
+    *,
+    labels_file: str | os.PathLike | None,
+    mask_paths: Sequence[Path] | None,
+    none_found: str,
+    default_labels_file: Path | None = None,
+    fallback: Callable[[], np.ndarray] | None = None,
+) -> np.ndarray:
+    """(N, K) image-level labels from the first source that exists, the order every layout shares.
+
+    ``labels_file``, else ``default_labels_file`` when that file exists, else the masks (when
+    every image has one), else ``fallback`` (a layout's own source, e.g. VOC's XML), else a
+    DataError whose message is ``none_found`` (it names the dataset and says what to provide).
+    """
+    if labels_file is None and default_labels_file is not None and default_labels_file.is_file():
+        labels_file = default_labels_file
+    if labels_file is not None:
+        return stack_labels(
+            names, load_image_labels(labels_file, class_names), labels_file, len(class_names) - 1
+        )
+    if mask_paths is not None:
+        return labels_from_mask_files(names, mask_paths, len(class_names))
+    if fallback is not None:
+        return fallback()
+    raise DataError(none_found)
 
 
 class TaggedImageDataset(Dataset):

@@ -34,15 +34,15 @@ from wsss.data.base import (
     TaggedImageDataset,
     check_files_exist,
     find_masks,
-    labels_from_mask_files,
     name_preview,
     read_class_names,
     read_list_file,
+    resolve_image_labels,
     resolve_list_file,
-    stack_labels,
+    under_root,
 )
 from wsss.data.classes import COCO_CLASSES
-from wsss.data.labels import load_image_labels, write_labels
+from wsss.data.labels import write_labels
 from wsss.data.palette import IGNORE_INDEX, read_label_png, write_label_png
 from wsss.errors import DataError
 from wsss.files import write_text
@@ -199,8 +199,7 @@ def convert_coco(
 
 def _coco_image_root(root: Path, subset: str, image_dir: str | None) -> Path:
     if image_dir is not None:
-        base = Path(image_dir)
-        return (base if base.is_absolute() else root / base) / subset
+        return under_root(root, image_dir) / subset
     for candidate in IMAGE_DIR_CANDIDATES:
         if (root / candidate / subset).is_dir():
             return root / candidate / subset
@@ -237,22 +236,19 @@ def build_coco(
     image_roots = {s: _coco_image_root(root, s, image_dir) for s in set(subsets)}
     image_paths = [image_roots[s] / f"{n}.jpg" for n, s in zip(names, subsets)]
     check_files_exist(image_paths, list_file)
-    masks_base = Path(mask_dir) if mask_dir is not None else Path("SegmentationClass")
-    masks_base = masks_base if masks_base.is_absolute() else root / masks_base
+    masks_base = under_root(root, mask_dir if mask_dir is not None else "SegmentationClass")
     mask_paths = find_masks(names, [masks_base / s / f"{n}.png" for n, s in zip(names, subsets)], with_masks)
-    k = len(class_names) - 1
-    default_labels = root / f"cls_labels_{split}.npz"
-    if labels_file is not None:
-        labels = stack_labels(names, load_image_labels(labels_file, class_names), labels_file, k)
-    elif default_labels.is_file():
-        labels = stack_labels(names, load_image_labels(default_labels, class_names), default_labels, k)
-    elif mask_paths is not None:
-        labels = labels_from_mask_files(names, mask_paths, len(class_names))
-    else:
-        raise DataError(
+    labels = resolve_image_labels(
+        names,
+        class_names,
+        labels_file=labels_file,
+        mask_paths=mask_paths,
+        default_labels_file=root / f"cls_labels_{split}.npz",
+        none_found=(
             f"no image-level labels for {list_file} (e.g. {name_preview(names, 2)}): run `wsss data coco` "
             "to write masks and cls_labels, or pass labels_file"
-        )
+        ),
+    )
     return TaggedImageDataset(
         names=names,
         image_paths=image_paths,

@@ -25,14 +25,13 @@ from wsss.data.base import (
     TaggedImageDataset,
     check_files_exist,
     find_masks,
-    labels_from_mask_files,
     name_preview,
     read_class_names,
     read_list_file,
+    resolve_image_labels,
     resolve_list_file,
-    stack_labels,
+    under_root,
 )
-from wsss.data.labels import load_image_labels
 from wsss.errors import DataError
 from wsss.registry import DATASETS
 
@@ -95,22 +94,18 @@ def build_folder(
             )
     image_paths = [images[n] for n in names]
     check_files_exist(image_paths, source)
-    masks_root = Path(mask_dir) if mask_dir is not None else root / "masks"
-    if not masks_root.is_absolute() and mask_dir is not None:
-        masks_root = root / masks_root
+    masks_root = under_root(root, mask_dir if mask_dir is not None else "masks")
     mask_paths = find_masks(names, [masks_root / f"{n}.png" for n in names], strict=with_masks)
-    tags_file = labels_file if labels_file is not None else _default_tags_file(root)
-    if tags_file is not None:
-        labels = stack_labels(
-            names, load_image_labels(tags_file, class_names), tags_file, len(class_names) - 1
-        )
-    elif mask_paths is not None:
-        labels = labels_from_mask_files(names, mask_paths, len(class_names))
-    else:
-        raise DataError(
+    labels = resolve_image_labels(
+        names,
+        class_names,
+        labels_file=labels_file if labels_file is not None else _default_tags_file(root),
+        mask_paths=mask_paths,
+        none_found=(
             f"no image-level labels for {root}: add {root / 'tags.csv'} ('image,tags' lines) or tags.json, "
             "pass labels_file, or provide masks/<name>.png for every image"
-        )
+        ),
+    )
     return TaggedImageDataset(
         names=names,
         image_paths=image_paths,

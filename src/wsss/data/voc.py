@@ -26,14 +26,14 @@ from wsss.data.base import (
     TaggedImageDataset,
     check_files_exist,
     find_masks,
-    labels_from_mask_files,
     read_class_names,
     read_list_file,
+    resolve_image_labels,
     resolve_list_file,
-    stack_labels,
+    under_root,
 )
 from wsss.data.classes import VOC_CLASSES
-from wsss.data.labels import labels_from_voc_xml, load_image_labels
+from wsss.data.labels import labels_from_voc_xml
 from wsss.errors import DataError
 from wsss.registry import DATASETS
 
@@ -59,11 +59,6 @@ def voc_class_names(root: Path) -> tuple[str, ...]:
     return read_class_names(path) if path.is_file() else VOC_CLASSES
 
 
-def _under(root: Path, folder: str | os.PathLike) -> Path:
-    folder = Path(folder)
-    return folder if folder.is_absolute() else root / folder
-
-
 def voc_image_labels(
     root: Path,
     names: list[str],
@@ -76,23 +71,28 @@ def voc_image_labels(
     """(N, K) image-level labels for ``names`` from the source ``source`` picks (see module doc)."""
     if source not in LABEL_SOURCES:
         raise DataError(f"label_source '{source}' is not one of {', '.join(LABEL_SOURCES)}")
-    k = len(class_names) - 1
-    if source == "file" or (source == "auto" and labels_file is not None):
-        if labels_file is None:
-            raise DataError("label_source 'file' needs labels_file")
-        return stack_labels(names, load_image_labels(labels_file, class_names), labels_file, k)
-    if source == "masks" or (source == "auto" and mask_paths is not None):
-        if mask_paths is None:
-            raise DataError(f"label_source 'masks' but {root} has no mask for every listed image")
-        return labels_from_mask_files(names, mask_paths, len(class_names))
+    if source == "file" and labels_file is None:
+        raise DataError("label_source 'file' needs labels_file")
+    if source == "masks" and mask_paths is None:
+        raise DataError(f"label_source 'masks' but {root} has no mask for every listed image")
     xml_dir = root / "Annotations"
-    if source == "xml" or (source == "auto" and xml_dir.is_dir()):
+
+    def from_xml() -> np.ndarray:
         xml_paths = [xml_dir / f"{n}.xml" for n in names]
         check_files_exist(xml_paths, xml_dir, what="annotation")
         return np.stack([labels_from_voc_xml(p, class_names) for p in xml_paths]).astype(np.float32)
-    raise DataError(
-        f"no image-level labels for {root}: pass labels_file (cls_labels.npy, labels .npz or tags CSV/JSON), "
-        "or provide masks for every listed image, or Annotations/*.xml"
+
+    # A forced source hides the others from the shared file -> masks -> fallback order.
+    return resolve_image_labels(
+        names,
+        class_names,
+        labels_file=labels_file if source in ("auto", "file") else None,
+        mask_paths=mask_paths if source in ("auto", "masks") else None,
+        fallback=from_xml if source == "xml" or (source == "auto" and xml_dir.is_dir()) else None,
+        none_found=(
+            f"no image-level labels for {root}: pass labels_file (cls_labels.npy, labels .npz or tags "
+            "CSV/JSON), or provide masks for every listed image, or Annotations/*.xml"
+        ),
     )
 
 
@@ -112,9 +112,9 @@ def build_voc(
     list_file = resolve_list_file(split, voc_root / "ImageSets" / "Segmentation")
     names = read_list_file(list_file)
     class_names = voc_class_names(voc_root)
-    image_paths = [_under(voc_root, image_dir) / f"{n}{image_ext}" for n in names]
+    image_paths = [under_root(voc_root, image_dir) / f"{n}{image_ext}" for n in names]
     check_files_exist(image_paths, list_file)
-    masks_root = _under(voc_root, mask_dir or "SegmentationClass")
+    masks_root = under_root(voc_root, mask_dir or "SegmentationClass")
     mask_paths = find_masks(names, [masks_root / f"{n}.png" for n in names], strict=with_masks)
     labels = voc_image_labels(
         voc_root, names, class_names, source=label_source, labels_file=labels_file, mask_paths=mask_paths

@@ -9,10 +9,27 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from wsss.files import atomic_path
+
+
+def _mark_point(
+    ax: Axes,
+    point: tuple[float, float],
+    name: str,
+    *,
+    color: str,
+    marker: str,
+    size: float,
+    offset: tuple[float, float],
+) -> None:
+    """A marker at (threshold, mIoU fraction) with a '<name> t=…: <mIoU %>' note beside it."""
+    t, y = point[0], 100.0 * point[1]
+    ax.plot([t], [y], marker=marker, markersize=size, color=color, linestyle="none")
+    ax.annotate(f"{name} t={t:g}: {y:.2f}", (t, y), textcoords="offset points", xytext=offset, color=color)
 
 
 def plot_threshold_curve(
@@ -35,25 +52,9 @@ def plot_threshold_curve(
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(list(thresholds), ys, marker=".", linewidth=1.5, label="mIoU")
     if best is not None:
-        t, v = best
-        ax.plot([t], [100.0 * v], marker="*", markersize=14, color="tab:red", linestyle="none")
-        ax.annotate(
-            f"oracle t={t:g}: {100.0 * v:.2f}",
-            (t, 100.0 * v),
-            textcoords="offset points",
-            xytext=(6, 8),
-            color="tab:red",
-        )
+        _mark_point(ax, best, "oracle", color="tab:red", marker="*", size=14, offset=(6, 8))
     if fixed is not None:
-        t, v = fixed
-        ax.plot([t], [100.0 * v], marker="o", markersize=8, color="tab:green", linestyle="none")
-        ax.annotate(
-            f"fixed t={t:g}: {100.0 * v:.2f}",
-            (t, 100.0 * v),
-            textcoords="offset points",
-            xytext=(6, -14),
-            color="tab:green",
-        )
+        _mark_point(ax, fixed, "fixed", color="tab:green", marker="o", size=8, offset=(6, -14))
     ax.set_xlabel("background threshold")
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title)

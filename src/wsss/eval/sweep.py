@@ -4,7 +4,8 @@ A CAM becomes a label map at threshold t by TransCAM's rule: a pixel takes the f
 with the highest score when that score is *strictly* greater than t, otherwise background (a
 score exactly at t is background, as in TransCAM's ``evaluation.py`` where the constant
 background plane comes first and wins the argmax tie). Scores are compared in float64 with the
-thresholds as given.
+thresholds as given. The rule itself is :func:`wsss.refine.seeds.threshold_labels`, the function
+that also writes the pseudo-labels.
 
 The sweep never loops over thresholds. Per pixel it needs only the ground truth g, the winning
 class c and k = the number of thresholds below the pixel's score (``torch.searchsorted``): the
@@ -31,6 +32,7 @@ import torch.distributed as dist
 from wsss.data.palette import IGNORE_INDEX
 from wsss.eval.confusion import ConfusionMatrix, all_reduce_sum, as_label_tensor
 from wsss.eval.metrics import mean_iou, scores
+from wsss.refine.seeds import threshold_labels
 
 ORACLE_LABEL = "oracle (threshold chosen on this split's ground truth)"
 
@@ -63,6 +65,8 @@ def _prepare(
         raise ValueError(f"cams must be (n_keys, H, W), got shape {tuple(cam_t.shape)}")
     if not cam_t.is_floating_point():
         raise ValueError(f"cams must be floating point scores, got dtype {cam_t.dtype}")
+    if torch.isnan(cam_t).any():
+        raise ValueError("CAM scores contain NaN")
     if not isinstance(keys, torch.Tensor | np.ndarray):
         keys = np.asarray(list(keys), dtype=np.int64)
     key_t = as_label_tensor(keys, device=device).reshape(-1)
@@ -86,16 +90,17 @@ def _max_score(cam_t: torch.Tensor, key_t: torch.Tensor) -> tuple[torch.Tensor, 
             torch.zeros((h, w), dtype=torch.long, device=cam_t.device),
         )
     score, arg = cam_t.max(0)
-    if torch.isnan(score).any():
-        raise ValueError("CAM scores contain NaN")
     return score.to(torch.float64), key_t[arg]
 
 
 def cam_to_label(cams: ArrayLike, keys: Sequence[int] | ArrayLike, threshold: float) -> torch.Tensor:
-    """Label map (H, W) int64 at one background threshold: argmax class where its score > t, else 0."""
+    """Label map (H, W) int64 at one background threshold: argmax class where its score > t, else 0.
+
+    Checks (numpy or torch) inputs and applies :func:`wsss.refine.seeds.threshold_labels` to them in
+    float64, the precision :class:`ThresholdSweep` compares in, so both score the same label maps.
+    """
     cam_t, key_t = _prepare(cams, keys, num_classes=None)
-    score, cls = _max_score(cam_t, key_t)
-    return torch.where(score > float(threshold), cls, torch.zeros_like(cls))
+    return threshold_labels(cam_t.to(torch.float64), key_t, threshold)
 
 
 def _check_gt(gt: ArrayLike, shape: tuple[int, int], device: torch.device) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """Training objectives. Importing this package fills ``METHODS`` (and ``LOSSES``)."""
 
+import wsss.losses.affinity  # fills LOSSES: psa_affinity
+import wsss.losses.cam  # noqa: F401  (fills METHODS: cam)
 from wsss.losses import bnr
 
 __all__ = ["bnr"]

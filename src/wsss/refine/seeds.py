@@ -2,7 +2,8 @@
 
 ``threshold``: a constant background score ``t`` is stacked under the class maps and the
 argmax taken; ties go to background (TransCAM's evaluation code), so a pixel is foreground only
-where its best class scores strictly above ``t``.
+where its best class scores strictly above ``t``. The comparison happens in the CAMs' dtype;
+``wsss.eval`` applies this same function to float64 CAMs to score a fixed threshold.
 ``confident`` (IRN's dual threshold): foreground where the best class ≥ ``hi``, background where
 it is ≤ ``lo``, 255 (ignore) in between — the training labels of affinity networks.
 """

@@ -1,5 +1,6 @@
 """CAM networks selectable by name from ``wsss.registry.CAM_MODELS``."""
 
+import wsss.models.cam.plain_cam  # noqa: F401  (fills CAM_MODELS: cam)
 from wsss.models.cam.transcam import (
     EXTRACT_METHODS,
     TransCAM,

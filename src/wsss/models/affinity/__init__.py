@@ -1,0 +1,5 @@
+"""Pixel-affinity networks selectable by name from ``wsss.registry.AFFINITY_MODELS``."""
+
+from wsss.models.affinity.psa import DEFAULT_FROZEN, AffinityNet, build_affinity_net, pair_affinities
+
+__all__ = ["DEFAULT_FROZEN", "AffinityNet", "build_affinity_net", "pair_affinities"]

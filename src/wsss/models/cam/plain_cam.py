@@ -1,0 +1,146 @@
+"""The plain CAM classifier of IRN (and PSA): a CNN backbone, GAP and a bias-free 1×1 classifier.
+
+Training logits are ``W·GAP(f)`` for the foreground classes; because the classifier is linear
+and has no bias this equals ``GAP(W·f)``, the mean of the class activation map, so the map
+used at inference is exactly what training scored. CAM = ReLU(conv(f, W)) (IRN's ``CAM``
+class, PSA's ``forward_cam``), on the backbone's last level.
+
+To fit the toolkit's CAM contract every map and logit vector has ``num_classes`` channels
+(background included): channel 0 is all zeros (the CAM stage ignores it; background comes from
+thresholding). PSA's ResNet-38 classifier drops out the features before pooling
+(``dropout=0.5``) and initialises the classifier with Xavier (``classifier_init="xavier"``);
+IRN uses neither.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wsss.errors import ConfigError
+from wsss.models.backbones.base import Backbone
+from wsss.registry import BACKBONES, CAM_MODELS, suggest
+
+EXTRACT_METHODS = ("cam", "conv")
+CLASSIFIER_INITS = ("default", "xavier")
+
+
+class PlainCAMOutput(NamedTuple):
+    """One forward pass (a NamedTuple so DDP and ``torch.utils._pytree`` see its tensors).
+
+    ``cam``: raw (pre-ReLU) class maps B×(1+K)×h×w, channel 0 zeros; ``logits`` = ``GAP(cam)``
+    (B×(1+K), column 0 zeros); ``features``: every backbone level, for plug-in losses.
+    """
+
+    cam: Tensor
+    logits: Tensor
+    features: dict[str, Tensor]
+
+
+def _with_background(fg: Tensor) -> Tensor:
+    """Prepend the zero background channel along dim 1."""
+    return torch.cat([fg.new_zeros((fg.shape[0], 1, *fg.shape[2:])), fg], dim=1)
+
+
+class PlainCAM(nn.Module):
+    """Backbone + ``classifier`` (1×1 conv, no bias, K = ``num_classes - 1`` outputs)."""
+
+    head_names = ("classifier",)
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        *,
+        feature_level: str | None = None,
+        dropout: float = 0.0,
+        classifier_init: str = "default",
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ConfigError(
+                f"plain CAM num_classes counts background and must be >= 2, got {num_classes!r}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"plain CAM dropout must be in [0, 1), got {dropout}")
+        if classifier_init not in CLASSIFIER_INITS:
+            raise ConfigError(
+                f"unknown classifier_init '{classifier_init}'{suggest(classifier_init, CLASSIFIER_INITS)}; "
+                f"available: {', '.join(CLASSIFIER_INITS)}"
+            )
+        self.backbone = backbone
+        self.feature_level = feature_level or backbone.feature_info[-1].name
+        try:
+            level = backbone.level(self.feature_level)
+        except KeyError as exc:
+            raise ConfigError(f"plain CAM feature_level: {exc.args[0]}") from exc
+        self.output_stride = level.stride
+        self.num_classes = num_classes
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Conv2d(level.channels, num_classes - 1, kernel_size=1, bias=False)
+        if classifier_init == "xavier":
+            nn.init.xavier_uniform_(self.classifier.weight)
+
+    def forward(self, x: Tensor, with_attention: bool = False) -> PlainCAMOutput:
+        """``with_attention`` is accepted for the training loop's uniform call; there is no attention."""
+        feats = self.backbone.forward_features(x)
+        cam = _with_background(self.classifier(self.dropout(feats[self.feature_level])))
+        return PlainCAMOutput(cam=cam, logits=cam.mean(dim=(2, 3)), features=feats)
+
+    def extract(self, x: Tensor, method: str = "cam") -> Tensor:
+        """B×(1+K)×h×w maps at ``output_stride``: ``cam`` = ReLU(conv(f, W)), ``conv`` = raw conv(f, W)."""
+        if method not in EXTRACT_METHODS:
+            raise ConfigError(
+                f"unknown CAM extraction method '{method}' for the plain CAM{suggest(method, EXTRACT_METHODS)}; "
+                f"available: {', '.join(EXTRACT_METHODS)}"
+            )
+        feats = self.backbone.forward_features(x)[self.feature_level]
+        fg = F.conv2d(feats, self.classifier.weight)
+        return _with_background(F.relu(fg) if method == "cam" else fg)
+
+
+@CAM_MODELS.register("cam")
+def build_plain_cam(
+    backbone: str = "resnet50",
+    num_classes: int = 21,
+    pretrained: str | None = None,
+    output_stride: int | None = None,
+    frozen_stages: int | None = None,
+    freeze_bn: bool | None = None,
+    freeze_bn_affine: bool | None = None,
+    feature_level: str | None = None,
+    dropout: float = 0.0,
+    classifier_init: str = "default",
+    backbone_args: dict[str, Any] | None = None,
+) -> PlainCAM:
+    """IRN-style CAM classifier on a registered CNN backbone.
+
+    ``pretrained``/``output_stride`` and the freezing options go to the backbone builder;
+    None keeps that backbone's own default. ``backbone_args`` passes any other backbone keyword.
+    """
+    kwargs = dict(backbone_args or {})
+    given = {
+        "pretrained": pretrained,
+        "output_stride": output_stride,
+        "frozen_stages": frozen_stages,
+        "freeze_bn": freeze_bn,
+        "freeze_bn_affine": freeze_bn_affine,
+    }
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key in kwargs:
+            raise ConfigError(f"plain CAM: '{key}' is given both directly and in backbone_args; keep one")
+        kwargs[key] = value
+    net = BACKBONES.build(backbone, where=f"backbone '{backbone}'", **kwargs)
+    if not isinstance(net, Backbone):
+        raise ConfigError(
+            f"the plain CAM needs a CNN backbone with named feature levels (resnet38, resnet50, resnet101, "
+            f"mobilenet_v2); '{backbone}' is a {type(net).__name__}"
+        )
+    return PlainCAM(
+        net, num_classes, feature_level=feature_level, dropout=dropout, classifier_init=classifier_init
+    )
