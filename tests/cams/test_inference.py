@@ -104,3 +104,11 @@ def test_batched_equals_sequential_for_nano_transcam() -> None:
             assert scale > 0
             assert torch.allclose(x, y, rtol=1e-5, atol=1e-5 * scale)
             assert torch.allclose(minmax_normalise(x), minmax_normalise(y), atol=1e-5)
+
+
+def test_max_normalise() -> None:
+    from wsss.cams.inference import max_normalise
+
+    x = torch.tensor([[[-1.0, 1.0], [2.0, 4.0]]])
+    y = max_normalise(x)
+    assert torch.allclose(y, torch.tensor([[[0.0, 0.25], [0.5, 1.0]]]), atol=1e-5)

@@ -203,3 +203,16 @@ def test_whole_network_round_trip_through_mxnet_names(tmp_path):
     for key, value in source.state_dict().items():
         if not key.endswith("num_batches_tracked"):
             assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_corrupt_sizes_are_reported_before_allocating(tmp_path):
+    huge_shape = tmp_path / "huge.params"
+    body = struct.pack("<QQQ", 0x112, 0, 1) + struct.pack("<IiIqq", NDARRAY_V2_MAGIC, 0, 2, 2**40, 2**20)
+    huge_shape.write_bytes(body + struct.pack("<iii", 1, 0, 0) + b"\0" * 16)
+    with pytest.raises(CheckpointError, match=r"truncated.*remain"):
+        read_params(huge_shape)
+    huge_name = tmp_path / "name.params"
+    body = struct.pack("<QQQ", 0x112, 0, 1) + struct.pack("<IiIq", NDARRAY_V2_MAGIC, 0, 1, 1)
+    huge_name.write_bytes(body + struct.pack("<iii", 1, 0, 0) + b"\0" * 4 + struct.pack("<QQ", 1, 2**60))
+    with pytest.raises(CheckpointError, match=r"truncated.*name #0"):
+        read_params(huge_name)

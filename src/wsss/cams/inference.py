@@ -124,3 +124,12 @@ def minmax_normalise(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     hi = flat.max(dim=1).values.view(-1, 1, 1)
     out = (cams - lo - eps) / (hi - lo + eps)
     return out.clamp_min(0)
+
+
+def max_normalise(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """IRN's per-class normalisation: ReLU, then divide by the class's max (+ eps)."""
+    cams = cams.clamp_min(0)
+    return cams / (cams.flatten(1).max(dim=1).values.view(-1, 1, 1) + eps)
+
+
+NORMALISERS = {"minmax": minmax_normalise, "max": max_normalise}

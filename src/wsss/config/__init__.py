@@ -9,21 +9,27 @@ from wsss.config.loading import (
     to_dict,
 )
 from wsss.config.schema import (
+    AffinityConfig,
     CamConfig,
     ClassifierConfig,
     DataConfig,
     EvalConfig,
     LabelConfig,
+    RandomWalkConfig,
     Recipe,
+    TrainerConfig,
 )
 
 __all__ = [
+    "AffinityConfig",
     "CamConfig",
     "ClassifierConfig",
     "DataConfig",
     "EvalConfig",
     "LabelConfig",
+    "RandomWalkConfig",
     "Recipe",
+    "TrainerConfig",
     "apply_overrides",
     "load_recipe",
     "recipe_from_dict",

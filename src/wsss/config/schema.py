@@ -29,8 +29,25 @@ class DataConfig:
 
 
 @dataclass
-class ClassifierConfig:
-    """Stage ``train-cls``: the CAM network and how it is trained."""
+class TrainerConfig:
+    """What every training stage shares: schedule, optimiser, precision, loader."""
+
+    epochs: int = 22
+    batch_size: int = 8
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["constant", "poly"] = "constant"  # poly: lr·(1 − step/total)^0.9 per step
+    lr: float = 5.0e-5
+    weight_decay: float = 5.0e-4
+    momentum: float = 0.9  # SGD only; compat: authors_code puts weight_decay here (legacy PolyOptimizer)
+    head_lr_mult: float = 1.0  # lr multiplier of the model's new layers (IRN/PSA: 10); 1 = one group
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    num_workers: int = 2
+    log_every: int = 20  # optimizer steps between TensorBoard scalars
+
+
+@dataclass
+class ClassifierConfig(TrainerConfig):
+    """Stage ``train-cls``: the CAM network and how it is trained (TransCAM: AdamW, constant lr)."""
 
     model: str = "transcam"  # CAM model registry name
     backbone: str = "conformer_small"
@@ -38,24 +55,18 @@ class ClassifierConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     method: str = "bnr"  # training objective registry name
     method_args: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 22
-    batch_size: int = 8
-    lr: float = 5.0e-5
-    weight_decay: float = 5.0e-4
     resize_long: tuple[int, int] = (320, 640)
     crop_size: int = 512
     flip: bool = True
     color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    num_workers: int = 2
-    log_every: int = 20  # optimizer steps between TensorBoard scalars
 
 
 @dataclass
 class CamConfig:
     """Stage ``make-cams``: multi-scale + flip inference written as CAM files."""
 
-    extractor: Literal["conv", "transcam", "clsattn"] = "transcam"
+    extractor: str = "transcam"  # the model's extract() method: transcam | conv | clsattn (TransCAM), cam
+    norm: Literal["minmax", "max"] = "minmax"  # per class: TransCAM min-max, IRN divide-by-max
     splits: list[str] = field(default_factory=lambda: ["train"])  # data splits that get CAM files
     scale_mode: Literal["square", "relative"] = "square"  # square: resize to s×s (TransCAM)
     scales: list[float] = field(default_factory=lambda: [256.0, 512.0, 768.0])
@@ -67,12 +78,59 @@ class CamConfig:
 
 @dataclass
 class LabelConfig:
-    """Stage ``make-labels``: seed pseudo-labels from CAMs."""
+    """Stage ``make-labels``: pseudo-labels from CAM files (255 = uncertain)."""
 
-    mode: Literal["threshold", "confident"] = "threshold"
-    bg_threshold: float = 0.25  # constant background score for 'threshold'
-    fg_threshold: float = 0.60  # 'confident': fg where max CAM ≥ this
-    low_threshold: float = 0.25  # 'confident': bg where max CAM ≤ this; between → 255
+    mode: Literal["threshold", "confident", "alpha"] = "threshold"
+    bg_threshold: float = 0.25  # 'threshold': constant background score
+    fg_threshold: float = 0.60  # 'confident': fg where the best class ≥ this (TransCAM 0.60, IRN 0.30)
+    low_threshold: float = 0.25  # 'confident': bg where the best class ≤ this (TransCAM 0.25, IRN 0.05)
+    alpha_fg: float = 4.0  # 'alpha' (PSA): bg score (1 − max)^alpha_fg for confident foreground
+    alpha_bg: float = 32.0  # … and (1 − max)^alpha_bg for confident background (paper 24, README 32)
+    crf: str | None = None  # CRF preset (label, psa, …); None: no CRF
+    crf_backend: Literal["auto", "exact", "torch"] = "auto"
+    workers: int = 1  # processes for the CRF
+
+
+@dataclass
+class AffinityConfig(TrainerConfig):
+    """Stage ``train-affinity``: PSA's AffinityNet on the confident labels of ``make-labels``.
+
+    Defaults are TransCAM's: lr 0.01, 8 epochs, batch 8, crop 448, poly SGD, ×10 on new layers.
+    """
+
+    model: str = "psa"  # AFFINITY_MODELS registry name
+    backbone: str = "resnet38"
+    pretrained: str | None = None  # ImageNet weights of the backbone (a local file)
+    model_args: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None  # images whose confident labels train it; None: the first CAM split
+    epochs: int = 8
+    batch_size: int = 8
+    optimizer: Literal["adamw", "sgd"] = "sgd"
+    schedule: Literal["constant", "poly"] = "poly"
+    lr: float = 0.01
+    weight_decay: float = 5.0e-4
+    head_lr_mult: float = 10.0
+    resize_long: tuple[int, int] = (448, 768)
+    crop_size: int = 448
+    flip: bool = True
+    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
+    radius: int = 5
+    padding_as_background: bool = False  # True: TransCAM's crop padding reads as confident background
+
+
+@dataclass
+class RandomWalkConfig:
+    """Stage ``random-walk``: propagate CAMs with AffinityNet affinities (TransCAM: bg 0.42, β 14,
+    logt 7, then the label CRF; PSA: (1 − max)^16, β 8, logt 8, no CRF)."""
+
+    beta: float = 14.0
+    logt: int = 7  # t = 2^logt transition steps
+    radius: int = 5
+    bg_mode: Literal["constant", "power"] = "constant"  # power: (1 − max)^bg_value
+    bg_value: float = 0.42
+    cam_power: float = 1.0
+    crf: str | None = "label"  # CRF preset applied to the walked labels; None: no CRF
+    crf_backend: Literal["auto", "exact", "torch"] = "auto"
 
 
 @dataclass
@@ -98,4 +156,6 @@ class Recipe:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     cams: CamConfig = field(default_factory=CamConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    random_walk: RandomWalkConfig = field(default_factory=RandomWalkConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)

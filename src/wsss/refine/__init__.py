@@ -1,3 +1,3 @@
-"""Turning CAMs into pseudo-masks: seed labels, (later) CRF and affinity random walk."""
+"""Turning CAMs into pseudo-masks: seed labels, label mining with dense CRF, affinity random walk."""
 
-from wsss.refine import pairs, random_walk, seeds  # noqa: F401  (registers label generators)
+from wsss.refine import crf, crf_torch, mining, pairs, pool, random_walk, seeds  # noqa: F401

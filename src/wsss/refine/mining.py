@@ -62,6 +62,21 @@ def _threshold_pass(
     return crf_labels(image, hard, crf, n_labels=stack.shape[0], backend=backend)
 
 
+def threshold_labels_crf(
+    image: np.ndarray,
+    cams: np.ndarray,
+    keys: Sequence[int],
+    threshold: float,
+    crf: str | CRFParams = "label",
+    backend: str = "auto",
+) -> np.ndarray:
+    """Constant-threshold seed labels (HxW uint8, label-space ids) sharpened by a label CRF."""
+    cams, lut = _check_inputs(image, cams, keys)
+    if len(keys) == 0:
+        return np.zeros(cams.shape[1:], dtype=np.uint8)
+    return lut[_threshold_pass(image, cams, threshold, resolve_params(crf), backend)].astype(np.uint8)
+
+
 def mine_labels_thresholds(
     image: np.ndarray,
     cams: np.ndarray,

@@ -40,6 +40,22 @@ class RunPaths:
         return self.root / "labels" / split
 
     @property
+    def affinity_dir(self) -> Path:
+        return self.root / "train-affinity"
+
+    @property
+    def affinity_state(self) -> Path:
+        return self.affinity_dir / "state.pt"
+
+    @property
+    def affinity_weights(self) -> Path:
+        return self.affinity_dir / "model.safetensors"
+
+    def pseudo_dir(self, split: str) -> Path:
+        """Final pseudo-masks (after affinity random walk and CRF)."""
+        return self.root / "pseudo" / split
+
+    @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
 

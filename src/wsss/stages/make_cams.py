@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from wsss.cams.files import is_complete as cam_file_complete
 from wsss.cams.files import save_cam
-from wsss.cams.inference import minmax_normalise, multiscale_cams
+from wsss.cams.inference import NORMALISERS, multiscale_cams
 from wsss.stages.context import StageContext
 from wsss.stages.train_cls import load_trained_classifier
 
@@ -54,14 +54,14 @@ def write_cams(ctx: StageContext, model: torch.nn.Module, items: list[dict[str, 
     )
     for it, cam in zip(items, sums):
         keys = torch.nonzero(it["labels"] > 0.5).flatten()
-        cams = minmax_normalise(cam[keys]) if len(keys) else cam[keys]
+        cams = NORMALISERS[cfg.norm](cam[keys]) if len(keys) else cam[keys]
         save_cam(
             folder / f"{it['name']}.npz",
             cams=cams.cpu().numpy(),
             keys=(keys + 1).cpu().numpy(),
             size=tuple(it["size"]),
             stride=cfg.stride,
-            norm="minmax",
+            norm=cfg.norm,
         )
 
 

@@ -1,20 +1,27 @@
-"""Stage ``make-labels``: pseudo-masks from CAM files, as palette PNGs (255 = uncertain).
+"""Stage ``make-labels``: pseudo-labels from CAM files, as palette PNGs (255 = uncertain).
 
-Resumable and sharded like ``make-cams``. The pseudo-masks of the seed-evaluation split are
-scored against its ground truth (that split's GT is used for measurement only).
+``threshold`` (a constant background score), ``confident`` (IRN/TransCAM dual threshold) or
+``alpha`` (PSA's (1 − max)^α background), each optionally sharpened by a dense-CRF preset, run
+in a process pool over images. Resumable and sharded like ``make-cams``. The labels of the
+seed-evaluation split are scored against its ground truth (used for measurement only).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from tqdm import tqdm
 
 from wsss.cams.files import load_cam
+from wsss.data.images import read_image
 from wsss.data.palette import write_label_png
 from wsss.eval.runner import evaluate_label_dir
 from wsss.files import write_json
+from wsss.refine.mining import mine_labels_alpha, mine_labels_thresholds, threshold_labels_crf
+from wsss.refine.pool import parallel_map
 from wsss.refine.seeds import confident_labels, threshold_labels
 from wsss.stages.context import StageContext
 
@@ -34,29 +41,61 @@ def is_complete(ctx: StageContext) -> bool:
     return (ctx.paths.eval_dir / "labels.json").is_file()
 
 
-def make_label(ctx: StageContext, cam_path) -> torch.Tensor:
-    """One pseudo-mask (H×W long) from one CAM file, per the recipe's label settings."""
-    cfg = ctx.recipe.labels
+def make_label(cfg: dict[str, Any], cam_path: Path, image_path: Path) -> np.ndarray:
+    """One pseudo-label (HxW uint8) from one CAM file; ``cfg`` is a ``LabelConfig`` as a dict."""
     rec = load_cam(cam_path)
-    cams = torch.as_tensor(rec.full_resolution())
-    keys = torch.as_tensor(rec.keys).long()
-    if cfg.mode == "threshold":
-        return threshold_labels(cams, keys, cfg.bg_threshold)
-    return confident_labels(cams, keys, cfg.fg_threshold, cfg.low_threshold)
+    cams = rec.full_resolution()
+    keys = rec.keys.astype(np.int64)
+    crf, backend = cfg["crf"], cfg["crf_backend"]
+    if cfg["mode"] == "alpha":
+        return mine_labels_alpha(
+            read_image(image_path),
+            cams.numpy(),
+            keys,
+            cfg["alpha_fg"],
+            cfg["alpha_bg"],
+            crf=crf,
+            backend=backend,
+        )
+    if crf is None:
+        t_keys = torch.as_tensor(keys)
+        if cfg["mode"] == "threshold":
+            return threshold_labels(cams, t_keys, cfg["bg_threshold"]).numpy().astype(np.uint8)
+        return (
+            confident_labels(cams, t_keys, cfg["fg_threshold"], cfg["low_threshold"]).numpy().astype(np.uint8)
+        )
+    image = read_image(image_path)
+    if cfg["mode"] == "threshold":
+        return threshold_labels_crf(image, cams.numpy(), keys, cfg["bg_threshold"], crf=crf, backend=backend)
+    return mine_labels_thresholds(
+        image, cams.numpy(), keys, cfg["fg_threshold"], cfg["low_threshold"], crf=crf, backend=backend
+    )
+
+
+def _write_one(job: tuple[dict[str, Any], Path, Path, Path]) -> None:
+    """Pool task (module level, so it pickles): make one label and write it atomically."""
+    cfg, cam_path, image_path, out_path = job
+    write_label_png(out_path, make_label(cfg, cam_path, image_path))
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     r = ctx.recipe
+    cfg = asdict(r.labels)
     out: dict[str, Any] = {}
     for split in _splits(ctx):
         ds = ctx.dataset(split)
         folder = ctx.paths.label_dir(split)
-        todo = [i for i in ctx.my_indices(len(ds)) if not (folder / f"{ds.names[i]}.png").is_file()]
-        for i in tqdm(todo, desc=f"{NAME} {split}", disable=not ctx.dist.is_main):
-            name = ds.names[i]
-            label = make_label(ctx, ctx.paths.cam_dir(split) / f"{name}.npz")
-            write_label_png(folder / f"{name}.png", label.numpy().astype("uint8"))
-        out[split] = {"written": len(todo)}
+        cam_dir = ctx.paths.cam_dir(split)
+        jobs = [
+            (cfg, cam_dir / f"{ds.names[i]}.npz", ds.image_path(i), folder / f"{ds.names[i]}.png")
+            for i in ctx.my_indices(len(ds))
+            if not (folder / f"{ds.names[i]}.png").is_file()
+        ]
+        for _ in parallel_map(
+            _write_one, jobs, workers=r.labels.workers, desc=f"{NAME} {split}", progress=ctx.dist.is_main
+        ):
+            pass
+        out[split] = {"written": len(jobs)}
     if ctx.dist.world_size > 1:
         from wsss.engine import barrier
 
@@ -71,8 +110,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 ds.names,
                 ds.num_classes,
                 ds.class_names,
+                mean=r.evaluate.mean,
+                progress=False,
             )
             out["pseudo_mask_miou"] = scores["miou"]
             out["evaluated_on"] = r.data.seed_eval_split
+            out["per_class_iou"] = {c["name"]: c["iou"] for c in scores["per_class"]}
         write_json(ctx.paths.eval_dir / "labels.json", {"summary": out, "scores": scores})
     return out

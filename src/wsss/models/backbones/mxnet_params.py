@@ -26,6 +26,7 @@ Names carry ``arg:`` (learned parameters) or ``aux:`` (BatchNorm moving statisti
 from __future__ import annotations
 
 import logging
+import math
 import re
 import struct
 from collections.abc import Mapping
@@ -67,14 +68,15 @@ _FLAG_OF = {dtype: flag for flag, dtype in DTYPE_FLAGS.items()}
 
 
 class _Stream:
-    """Sequential little-endian reads that fail with the file name and the position."""
+    """Sequential little-endian reads whose errors name the file and the item being read."""
 
     def __init__(self, fh: BinaryIO, path: Path) -> None:
         self.fh = fh
         self.path = path
+        self.size = path.stat().st_size
 
     def exact(self, n: int, what: str) -> bytes:
-        data = self.fh.read(n)
+        data = self.fh.read(n) if n <= self.size - self.fh.tell() else b""
         if len(data) != n:
             raise CheckpointError(
                 f"MXNet params file '{self.path}' is truncated: wanted {n} bytes for {what}, got {len(data)}"
@@ -94,6 +96,13 @@ class _Stream:
         return self.unpack("<Q", what)[0]
 
     def array(self, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
+        nbytes = dtype.itemsize * math.prod(shape)
+        left = self.size - self.fh.tell()
+        if nbytes > left:  # checked before allocating: a corrupt shape must not exhaust memory
+            raise CheckpointError(
+                f"MXNet params file '{self.path}' is truncated: {what} of shape {shape} needs {nbytes} "
+                f"data bytes, {left} remain"
+            )
         out = np.empty(shape, dtype=dtype)
         flat = out.reshape(-1).view(np.uint8)
         got = self.fh.readinto(memoryview(flat)) if flat.size else 0
@@ -168,9 +177,12 @@ def read_params(path: str | Path) -> dict[str, np.ndarray]:
         num_names = stream.u64("the name count")
         if num_names not in (0, count):
             raise CheckpointError(f"MXNet params file '{path}' has {count} arrays but {num_names} names")
-        names = [
-            stream.exact(stream.u64(f"name #{i}"), f"name #{i}").decode("utf-8") for i in range(num_names)
-        ] or [str(i) for i in range(count)]
+        try:
+            names = [
+                stream.exact(stream.u64(f"name #{i}"), f"name #{i}").decode("utf-8") for i in range(num_names)
+            ] or [str(i) for i in range(count)]
+        except UnicodeDecodeError as exc:
+            raise CheckpointError(f"MXNet params file '{path}' has a name that is not UTF-8 ({exc})") from exc
         if fh.read(1):
             raise CheckpointError(f"MXNet params file '{path}' has unexpected bytes after its name list")
     if len(set(names)) != len(names):

@@ -21,7 +21,8 @@ Freezing defaults follow PSA's classifier and AffinityNet (the ``train()`` overr
 eval mode with its affine parameters frozen. TransCAM's DeepLab stage never calls ``train()``
 and so trains BN statistics: ``frozen_stages=-1, freeze_bn=False, freeze_bn_affine=True``.
 
-``width_divisor`` > 1 divides every channel count (same keys, tiny model for CPU tests).
+BatchNorm eps is PyTorch's 1e-5, as in PSA (the MXNet model used 1.001e-5; the difference is
+negligible). ``width_divisor`` > 1 divides every channel count (same keys, tiny model for CPU tests).
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def load_resnet38_pretrained(model: ResNet38, path: str | Path) -> LoadReport:
     """Load ImageNet ResNet-38 weights by key: an MXNet ``.params`` file (converted on the fly)
     or a torch/safetensors file already under PSA's key names. Every backbone tensor must match."""
     path = Path(path)
-    state = convert_resnet38_params(read_params(path)) if path.suffix == ".params" else None
+    state = convert_resnet38_params(read_params(path)) if path.suffix.lower() == ".params" else None
     report = load_backbone_weights(model, str(path), state=state)
     log.info("ResNet-38 weights: %s", report.summary())
     return report

@@ -1,0 +1,165 @@
+"""The one training loop every training stage uses (classifier, affinity net, segmentation).
+
+Epoch-level exact resume: each epoch ends with an atomic checkpoint of model, optimizer,
+scheduler, scaler, epoch, step and RNG state; a rerun continues from the last finished epoch
+and ends with the same weights as an uninterrupted run. Shuffling depends only on (seed,
+epoch), so the data order after a resume is the one the uninterrupted run would have seen.
+Works single-process or under ``torchrun`` (DistributedSampler, DDP), with optional AMP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from wsss.config.schema import TrainerConfig
+from wsss.engine import (
+    ScalarWriter,
+    autocast,
+    epoch_generator,
+    load_training_state,
+    make_grad_scaler,
+    make_sgd,
+    param_groups,
+    save_training_state,
+    worker_init_fn,
+    wrap_ddp,
+)
+from wsss.stages.context import StageContext
+
+StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
+"""(network, batch) → losses dict with a ``loss`` entry to back-propagate."""
+
+
+def build_optimizer(
+    model: nn.Module, cfg: TrainerConfig, total_steps: int, compat: str
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """AdamW or SGD over one group, or over DeepLab-style groups when ``head_lr_mult`` ≠ 1."""
+    head_names = tuple(getattr(model, "head_names", ()))
+    if cfg.head_lr_mult != 1.0 and head_names:
+        params: Any = param_groups(model, head_names, cfg.lr, cfg.weight_decay, head_lr_mult=cfg.head_lr_mult)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        steps = max(1, total_steps)
+        opt, sched = make_sgd(
+            params,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            max_steps=steps,
+            momentum=cfg.momentum,
+            compat=compat,
+        )
+        return opt, (sched if cfg.schedule == "poly" else None)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "poly":
+        return opt, torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=max(1, total_steps), power=0.9)
+    return opt, None
+
+
+def _loader(ds: Dataset, cfg: TrainerConfig, ctx: StageContext, epoch: int, drop_last: bool) -> DataLoader:
+    dist, seed = ctx.dist, ctx.recipe.seed
+    gen = epoch_generator(seed, epoch)
+    common = dict(
+        num_workers=cfg.num_workers, worker_init_fn=worker_init_fn, generator=gen, drop_last=drop_last
+    )
+    if dist.world_size > 1:
+        sampler = DistributedSampler(
+            ds, dist.world_size, dist.rank, shuffle=True, seed=seed, drop_last=drop_last
+        )
+        sampler.set_epoch(epoch)
+        return DataLoader(ds, batch_size=max(1, cfg.batch_size // dist.world_size), sampler=sampler, **common)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, **common)
+
+
+def train_loop(
+    ctx: StageContext,
+    *,
+    name: str,
+    model: nn.Module,
+    dataset: Dataset,
+    cfg: TrainerConfig,
+    step_fn: StepFn,
+    state_path: Path,
+) -> dict[str, Any]:
+    """Train ``model`` for ``cfg.epochs`` (resuming from ``state_path``); return measured numbers."""
+    device, dist = ctx.device, ctx.dist
+    drop_last = len(dataset) >= cfg.batch_size
+    per_epoch = len(dataset) // cfg.batch_size if drop_last else 1
+    optimizer, scheduler = build_optimizer(model, cfg, per_epoch * cfg.epochs, ctx.recipe.compat)
+    scaler = make_grad_scaler(device, cfg.amp)
+    start_epoch, step = 0, 0
+    if state_path.is_file():
+        meta = load_training_state(
+            state_path,
+            model=model,
+            optimizer=optimizer,
+            scaler=scaler,
+            scheduler=scheduler,
+            map_location=device,
+        )
+        start_epoch, step = int(meta["epoch"]), int(meta["step"])
+        ctx.logger.info("%s: resuming from %s at epoch %d", name, state_path, start_epoch)
+    net = wrap_ddp(model, dist)
+    writer = ScalarWriter(ctx.run_dir)
+    t0, seen = time.time(), 0
+    last: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        loader = _loader(dataset, cfg, ctx, epoch, drop_last)
+        sums: dict[str, float] = {}
+        bar = tqdm(
+            loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", disable=not dist.is_main, leave=False
+        )
+        for batch in bar:
+            with autocast(device, cfg.amp):
+                losses = step_fn(net, batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if scheduler is not None:
+                scheduler.step()
+            step += 1
+            seen += cfg.batch_size
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if step % cfg.log_every == 0:
+                writer.add_scalars({f"{name}/{k}": v for k, v in values.items()}, step)
+                writer.add_scalar(f"{name}/lr", optimizer.param_groups[0]["lr"], step)
+            bar.set_postfix(loss=f"{values['loss']:.3f}")
+        last = {k: v / max(1, len(loader)) for k, v in sums.items()}
+        ctx.logger.info(
+            "%s epoch %d/%d: %s",
+            name,
+            epoch + 1,
+            cfg.epochs,
+            ", ".join(f"{k} {v:.4f}" for k, v in last.items()),
+        )
+        if dist.is_main:
+            save_training_state(
+                state_path,
+                model=model,
+                optimizer=optimizer,
+                scaler=scaler,
+                scheduler=scheduler,
+                epoch=epoch + 1,
+                step=step,
+            )
+    writer.close()
+    elapsed = time.time() - t0
+    return {
+        "epochs": cfg.epochs,
+        "steps": step,
+        "final_losses": last,
+        "seconds": round(elapsed, 1),
+        "images_per_s": round(seen / elapsed, 1) if elapsed > 0 and seen else None,
+    }
