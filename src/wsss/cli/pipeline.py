@@ -12,7 +12,9 @@ from wsss.config import load_recipe, recipe_names
 STAGE_HELP = {
     "train-cls": "train the CAM classifier on image-level tags",
     "make-cams": "write multi-scale + flip CAM files (sharded, resumable)",
-    "make-labels": "turn CAM files into pseudo-mask PNGs and score them",
+    "make-labels": "turn CAM files into pseudo-labels (threshold / confident / PSA alpha, + CRF) and score them",
+    "train-affinity": "train PSA's AffinityNet on the confident labels",
+    "random-walk": "propagate CAMs with AffinityNet affinities (sparse walk, + CRF) into pseudo-masks",
 }
 
 

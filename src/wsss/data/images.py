@@ -19,7 +19,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return np.array(img.convert("RGB"), dtype=np.uint8)  # writable (C extensions need it)
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise DataError(f"image {path} is corrupt or truncated ({exc}); re-create or re-download it") from exc
 

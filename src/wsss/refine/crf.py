@@ -171,7 +171,7 @@ def _check_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"the CRF image must be HxWx3 uint8, got {image.dtype} {image.shape}")
     if image.shape[:2] != size:
         raise ValueError(f"image is {image.shape[0]}x{image.shape[1]} but the unary is {size[0]}x{size[1]}")
-    return np.ascontiguousarray(image)
+    return np.require(image, dtype=np.uint8, requirements=["C", "W"])  # pydensecrf needs a writable buffer
 
 
 def _exact_module() -> ModuleType:
