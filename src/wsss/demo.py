@@ -40,9 +40,13 @@ def summary_rows(record: dict[str, Any]) -> list[tuple[str, str, str]]:
                     _fmt(s["miou_at_chosen"]),
                 )
             )
-    labels = stages.get("make-labels", {}).get("metrics", {})
-    if "pseudo_mask_miou" in labels:
-        rows.append(("pseudo-masks", labels["evaluated_on"], _fmt(labels["pseudo_mask_miou"])))
+    for stage, what in (
+        ("make-labels", "pseudo-labels (make-labels)"),
+        ("random-walk", "pseudo-masks (random walk)"),
+    ):
+        m = stages.get(stage, {}).get("metrics", {})
+        if "miou" in m:
+            rows.append((what, m["evaluated_on"], _fmt(m["miou"])))
     return rows
 
 

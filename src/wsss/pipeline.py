@@ -27,7 +27,9 @@ from wsss.registry import suggest
 from wsss.stages import eval_cams, make_cams, make_labels, random_walk, train_affinity, train_cls
 from wsss.stages.context import StageContext
 
-STAGES: dict[str, ModuleType] = {m.NAME: m for m in (train_cls, make_cams, eval_cams, make_labels, train_affinity, random_walk)}
+STAGES: dict[str, ModuleType] = {
+    m.NAME: m for m in (train_cls, make_cams, eval_cams, make_labels, train_affinity, random_walk)
+}
 
 
 def check_stages(names: list[str]) -> None:

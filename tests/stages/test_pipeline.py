@@ -58,11 +58,10 @@ def test_pipeline_outputs_and_skip(synth_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     record = run_pipeline(recipe, run, device="cpu")
     assert list(record["stages"]) == ["train-cls", "make-cams", "eval-cams", "make-labels"]
-    for split, n in (("train", 16), ("val", 6)):
-        cams = sorted((run / "cams" / split).glob("*.npz"))
-        labels = sorted((run / "labels" / split).glob("*.png"))
-        assert len(cams) == n and len(labels) == n
-    rec = load_cam(next((run / "cams" / "train").glob("*.npz")))
+    cams = sorted((run / "cams").glob("*.npz"))
+    labels = sorted((run / "labels").glob("*.png"))
+    assert len(cams) == 16 + 6 and len(labels) == 16 + 6
+    rec = load_cam(cams[0])
     assert rec.norm == "minmax" and rec.stride == 1 and rec.size == (64, 64)
     assert rec.cams.shape[1:] == (64, 64) and np.isclose(rec.cams.max(axis=(1, 2)), 1.0, atol=1e-3).all()
     summary = json.loads((run / "eval" / "cams.json").read_text())["summary"]
@@ -71,10 +70,10 @@ def test_pipeline_outputs_and_skip(synth_root: Path, tmp_path: Path) -> None:
     assert (run / "eval" / "threshold_curve_train.png").stat().st_size > 1000
     saved = load_recipe(run / "recipe.yaml")
     assert saved.classifier.epochs == 2 and saved.data.root == str(synth_root)
-    stamp = {p: p.stat().st_mtime_ns for p in (run / "cams" / "train").glob("*.npz")}
+    stamp = {p: p.stat().st_mtime_ns for p in (run / "cams").glob("*.npz")}
     again = run_pipeline(recipe, run, device="cpu")
     assert again["stages"]["make-cams"] == record["stages"]["make-cams"]  # not re-run
-    assert stamp == {p: p.stat().st_mtime_ns for p in (run / "cams" / "train").glob("*.npz")}
+    assert stamp == {p: p.stat().st_mtime_ns for p in (run / "cams").glob("*.npz")}
 
 
 def test_changed_recipe_is_refused(synth_root: Path, tmp_path: Path) -> None:
@@ -112,9 +111,9 @@ def test_shards_cover_the_split_identically(synth_root: Path, tmp_path: Path) ->
     make_cams.run(_ctx(recipe, full))
     make_cams.run(_ctx(recipe, sharded, shard=(0, 2)))
     assert not make_cams.is_complete(_ctx(recipe, sharded))
-    assert len(list((sharded / "cams" / "val").glob("*.npz"))) == 3
+    assert len(list((sharded / "cams").glob("*.npz"))) == 3
     make_cams.run(_ctx(recipe, sharded, shard=(1, 2)))
     assert make_cams.is_complete(_ctx(recipe, sharded))
-    for path in (full / "cams" / "val").glob("*.npz"):
-        a, b = load_cam(path), load_cam(sharded / "cams" / "val" / path.name)
+    for path in (full / "cams").glob("*.npz"):
+        a, b = load_cam(path), load_cam(sharded / "cams" / path.name)
         assert np.array_equal(a.cams, b.cams) and np.array_equal(a.keys, b.keys)

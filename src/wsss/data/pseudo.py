@@ -53,7 +53,9 @@ class PseudoLabelDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         name = self.base.names[i]
-        image = tv_tensors.Image(torch.as_tensor(read_image(self.base.image_path(i))).permute(2, 0, 1).contiguous())
+        image = tv_tensors.Image(
+            torch.as_tensor(read_image(self.base.image_path(i))).permute(2, 0, 1).contiguous()
+        )
         h, w = image.shape[-2:]
         label = torch.as_tensor(read_label_png(self.label_dir / f"{name}.png", expected_size=(h, w))).long()
         # plane 1 is 0 on real pixels; padding gets the mask fill (255)

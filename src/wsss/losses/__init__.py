@@ -3,5 +3,6 @@
 import wsss.losses.affinity  # fills LOSSES: psa_affinity
 import wsss.losses.cam  # noqa: F401  (fills METHODS: cam)
 from wsss.losses import bnr
+from wsss.losses import irn as irn  # fills LOSSES: irn
 
 __all__ = ["bnr"]

@@ -31,7 +31,15 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from wsss.refine.pairs import COVERS, Cover, Offset, effective_radius, offset_pairs, radius_offsets, source_margins
+from wsss.refine.pairs import (
+    COVERS,
+    Cover,
+    Offset,
+    effective_radius,
+    offset_pairs,
+    radius_offsets,
+    source_margins,
+)
 from wsss.refine.random_walk import WALK_PRESETS, WalkSettings, refine_cams
 
 IRN_TRAIN_RADIUS = 10

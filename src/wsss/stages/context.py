@@ -12,6 +12,7 @@ import torch
 
 from wsss.config import Recipe
 from wsss.engine import DistInfo
+from wsss.errors import DataError
 from wsss.registry import DATASETS
 
 
@@ -33,11 +34,16 @@ class RunPaths:
     def classifier_weights(self) -> Path:
         return self.classifier_dir / "model.safetensors"
 
-    def cam_dir(self, split: str) -> Path:
-        return self.root / "cams" / split
+    # One folder per kind of per-image output, whatever split an image belongs to (names are
+    # unique within a dataset), so e.g. seeds on VOC train read the CAMs made for train_aug.
+    @property
+    def cam_dir(self) -> Path:
+        return self.root / "cams"
 
-    def label_dir(self, split: str) -> Path:
-        return self.root / "labels" / split
+    @property
+    def label_dir(self) -> Path:
+        """Seed / confident pseudo-labels of ``make-labels``."""
+        return self.root / "labels"
 
     @property
     def affinity_dir(self) -> Path:
@@ -51,9 +57,10 @@ class RunPaths:
     def affinity_weights(self) -> Path:
         return self.affinity_dir / "model.safetensors"
 
-    def pseudo_dir(self, split: str) -> Path:
-        """Final pseudo-masks (after affinity random walk and CRF)."""
-        return self.root / "pseudo" / split
+    @property
+    def pseudo_dir(self) -> Path:
+        """Final pseudo-masks (after the affinity random walk and CRF)."""
+        return self.root / "pseudo"
 
     @property
     def eval_dir(self) -> Path:
@@ -86,13 +93,15 @@ class StageContext:
             return shard_indices(n, self.shard[0], self.shard[1])
         return shard_indices(n, self.dist.rank, self.dist.world_size)
 
-    def dataset(self, split: str, **kwargs: Any):
+    def dataset(self, split: str, *, with_masks: bool = False, **kwargs: Any):
         """The recipe's dataset for ``split``; extra keywords (``transform``…) go to the builder.
 
         Untransformed datasets are cached: building one may derive labels from every mask.
+        ``with_masks=True`` requires a mask for every image (evaluation).
         """
-        if not kwargs and split in self._datasets:
-            return self._datasets[split]
+        key = (split, with_masks)
+        if not kwargs and key in self._datasets:
+            return self._datasets[key]
         d = self.recipe.data
         ds = DATASETS.build(
             d.dataset,
@@ -101,9 +110,24 @@ class StageContext:
             split=split,
             labels_file=d.labels_file,
             mask_dir=d.mask_dir,
+            with_masks=with_masks,
             **d.args,
             **kwargs,
         )
         if not kwargs:
-            self._datasets[split] = ds
+            self._datasets[key] = ds
         return ds
+
+    def gt_dataset(self, split: str):
+        """The split with its ground-truth masks, or None (logged) when it has none."""
+        try:
+            ds = self.dataset(split, with_masks=True)
+        except DataError as exc:
+            self.logger.info("split %s has no complete ground truth (%s); not scored", split, exc)
+            return None
+        return ds if ds.has_masks else None
+
+    @property
+    def map_splits(self) -> list[str]:
+        """The splits whose images get CAMs, labels and pseudo-masks."""
+        return list(dict.fromkeys(self.recipe.cams.splits))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from wsss.cams.files import is_complete as cam_file_complete
 from wsss.eval.plot import plot_threshold_curve
 from wsss.eval.runner import evaluate_cam_dir
 from wsss.files import write_json
@@ -32,21 +33,27 @@ def is_complete(ctx: StageContext) -> bool:
 def run(ctx: StageContext) -> dict[str, Any]:
     r = ctx.recipe
     thresholds = _thresholds(ctx)
-    order = [r.data.seed_eval_split] + [s for s in r.cams.splits if s != r.data.seed_eval_split]
+    folder = ctx.paths.cam_dir
     results: dict[str, Any] = {}
     chosen = r.evaluate.fixed_threshold
     chosen_from = "evaluate.fixed_threshold" if chosen is not None else None
-    for split in order:
-        if split not in r.cams.splits:
+    for split in dict.fromkeys([r.data.seed_eval_split, *ctx.map_splits]):
+        ds = ctx.gt_dataset(split)
+        if ds is None:
             continue
-        ds = ctx.dataset(split)
-        if not ds.has_masks:
-            ctx.logger.info("%s: split %s has no ground-truth masks; skipped", NAME, split)
+        missing = [n for n in ds.names if not cam_file_complete(folder / f"{n}.npz")]
+        if missing:
+            ctx.logger.info(
+                "%s: %d images of split %s have no CAM file (e.g. %s); not scored",
+                NAME,
+                len(missing),
+                split,
+                missing[0],
+            )
             continue
-        gt_dir = ds.mask_path(0).parent
         res = evaluate_cam_dir(
-            ctx.paths.cam_dir(split),
-            gt_dir,
+            folder,
+            ds.mask_path(0).parent,
             ds.names,
             ds.num_classes,
             thresholds,

@@ -1,4 +1,4 @@
-"""Stage ``make-cams``: multi-scale + flip CAMs for every image of the CAM splits, one file each.
+"""Stage ``make-cams``: multi-scale + flip CAMs for every image of the map splits, one file each.
 
 A sharded, resumable map: each process handles its share of the images (DDP rank or
 ``--shard i/n``), skips images whose CAM file is already complete, and writes every file
@@ -19,22 +19,14 @@ from wsss.cams.files import is_complete as cam_file_complete
 from wsss.cams.files import save_cam
 from wsss.cams.inference import NORMALISERS, multiscale_cams
 from wsss.stages.context import StageContext
+from wsss.stages.scoring import all_written, pending
 from wsss.stages.train_cls import load_trained_classifier
 
 NAME = "make-cams"
 
 
-def _splits(ctx: StageContext) -> list[str]:
-    return list(dict.fromkeys(ctx.recipe.cams.splits))
-
-
 def is_complete(ctx: StageContext) -> bool:
-    for split in _splits(ctx):
-        ds = ctx.dataset(split)
-        folder = ctx.paths.cam_dir(split)
-        if not all(cam_file_complete(folder / f"{name}.npz") for name in ds.names):
-            return False
-    return True
+    return all_written(ctx, ctx.paths.cam_dir, ".npz", cam_file_complete)
 
 
 def write_cams(ctx: StageContext, model: torch.nn.Module, items: list[dict[str, Any]], folder: Path) -> None:
@@ -67,25 +59,20 @@ def write_cams(ctx: StageContext, model: torch.nn.Module, items: list[dict[str, 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.recipe.cams
-    model = None
-    out: dict[str, Any] = {}
-    for split in _splits(ctx):
-        ds = ctx.dataset(split)
-        folder = ctx.paths.cam_dir(split)
-        todo = [i for i in ctx.my_indices(len(ds)) if not cam_file_complete(folder / f"{ds.names[i]}.npz")]
-        t0 = time.time()
-        if todo and model is None:
-            model = load_trained_classifier(ctx, ds.num_classes).to(ctx.device).eval()
-        bar = tqdm(total=len(todo), desc=f"{NAME} {split}", disable=not ctx.dist.is_main)
+    folder = ctx.paths.cam_dir
+    todo = pending(ctx, folder, ".npz", cam_file_complete)
+    t0 = time.time()
+    if todo:
+        model = load_trained_classifier(ctx, todo[0][0].num_classes).to(ctx.device).eval()
+        bar = tqdm(total=len(todo), desc=NAME, unit="img", disable=not ctx.dist.is_main)
         for start in range(0, len(todo), cfg.batch_images):
             chunk = todo[start : start + cfg.batch_images]
-            write_cams(ctx, model, [ds[i] for i in chunk], folder)
+            write_cams(ctx, model, [ds[i] for ds, i in chunk], folder)
             bar.update(len(chunk))
         bar.close()
-        dt = time.time() - t0
-        out[split] = {
-            "written": len(todo),
-            "seconds": round(dt, 1),
-            "s_per_image": round(dt / len(todo), 4) if todo else None,
-        }
-    return out
+    dt = time.time() - t0
+    return {
+        "written": len(todo),
+        "seconds": round(dt, 1),
+        "s_per_image": round(dt / len(todo), 4) if todo else None,
+    }

@@ -18,27 +18,18 @@ import torch
 from wsss.cams.files import load_cam
 from wsss.data.images import read_image
 from wsss.data.palette import write_label_png
-from wsss.eval.runner import evaluate_label_dir
-from wsss.files import write_json
+from wsss.engine import barrier
 from wsss.refine.mining import mine_labels_alpha, mine_labels_thresholds, threshold_labels_crf
 from wsss.refine.pool import parallel_map
 from wsss.refine.seeds import confident_labels, threshold_labels
 from wsss.stages.context import StageContext
+from wsss.stages.scoring import all_written, pending, score_label_folder
 
 NAME = "make-labels"
 
 
-def _splits(ctx: StageContext) -> list[str]:
-    return list(dict.fromkeys(ctx.recipe.cams.splits))
-
-
 def is_complete(ctx: StageContext) -> bool:
-    for split in _splits(ctx):
-        ds = ctx.dataset(split)
-        folder = ctx.paths.label_dir(split)
-        if not all((folder / f"{n}.png").is_file() for n in ds.names):
-            return False
-    return (ctx.paths.eval_dir / "labels.json").is_file()
+    return all_written(ctx, ctx.paths.label_dir, ".png") and (ctx.paths.eval_dir / "labels.json").is_file()
 
 
 def make_label(cfg: dict[str, Any], cam_path: Path, image_path: Path) -> np.ndarray:
@@ -81,40 +72,15 @@ def _write_one(job: tuple[dict[str, Any], Path, Path, Path]) -> None:
 def run(ctx: StageContext) -> dict[str, Any]:
     r = ctx.recipe
     cfg = asdict(r.labels)
-    out: dict[str, Any] = {}
-    for split in _splits(ctx):
-        ds = ctx.dataset(split)
-        folder = ctx.paths.label_dir(split)
-        cam_dir = ctx.paths.cam_dir(split)
-        jobs = [
-            (cfg, cam_dir / f"{ds.names[i]}.npz", ds.image_path(i), folder / f"{ds.names[i]}.png")
-            for i in ctx.my_indices(len(ds))
-            if not (folder / f"{ds.names[i]}.png").is_file()
-        ]
-        for _ in parallel_map(
-            _write_one, jobs, workers=r.labels.workers, desc=f"{NAME} {split}", progress=ctx.dist.is_main
-        ):
-            pass
-        out[split] = {"written": len(jobs)}
-    if ctx.dist.world_size > 1:
-        from wsss.engine import barrier
-
-        barrier()
-    scores: dict[str, Any] = {}
-    if ctx.dist.is_main and r.data.seed_eval_split in _splits(ctx):
-        ds = ctx.dataset(r.data.seed_eval_split)
-        if ds.has_masks:
-            scores = evaluate_label_dir(
-                ctx.paths.label_dir(r.data.seed_eval_split),
-                ds.mask_path(0).parent,
-                ds.names,
-                ds.num_classes,
-                ds.class_names,
-                mean=r.evaluate.mean,
-                progress=False,
-            )
-            out["pseudo_mask_miou"] = scores["miou"]
-            out["evaluated_on"] = r.data.seed_eval_split
-            out["per_class_iou"] = {c["name"]: c["iou"] for c in scores["per_class"]}
-        write_json(ctx.paths.eval_dir / "labels.json", {"summary": out, "scores": scores})
+    folder, cam_dir = ctx.paths.label_dir, ctx.paths.cam_dir
+    jobs = [
+        (cfg, cam_dir / f"{ds.names[i]}.npz", ds.image_path(i), folder / f"{ds.names[i]}.png")
+        for ds, i in pending(ctx, folder, ".png")
+    ]
+    for _ in parallel_map(_write_one, jobs, workers=r.labels.workers, desc=NAME, progress=ctx.dist.is_main):
+        pass
+    barrier()
+    out: dict[str, Any] = {"written": len(jobs)}
+    if ctx.dist.is_main:
+        out.update(score_label_folder(ctx, folder, "labels"))
     return out

@@ -1,8 +1,9 @@
-"""Stage ``train-affinity``: PSA's AffinityNet on the confident labels of ``make-labels``.
+"""Stage ``train-affinity``: an affinity network (PSA AffinityNet or IRN) on the confident labels.
 
-Pairs within ``radius`` on the stride-8 grid are positive (same label: background or one
-class) or negative (different labels); uncertain pixels (255) and, by default, pixels the
-random crop padded in are left out. Loss bg/4 + fg/4 + neg/2 (PSA/TransCAM).
+Pairs within a radius are positive (same label: background or one class) or negative
+(different labels); uncertain pixels (255) and, by default, pixels the random crop padded in
+are left out. PSA/TransCAM: loss bg/4 + fg/4 + neg/2 on a stride-8 grid, radius 5; IRN: its
+class-boundary loss on a stride-4 grid, radius 10 (``stages.affinity_kinds``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from torch import nn
 from wsss.data.pseudo import PseudoLabelDataset
 from wsss.data.transforms import train_transform
 from wsss.engine import export_weights, load_weights, seed_everything
-from wsss.losses.affinity import affinity_loss
-from wsss.models.affinity.psa import pair_affinities
-from wsss.refine.pairs import affinity_labels, affinity_training_labels, effective_radius, offset_pairs, radius_offsets
 from wsss.registry import AFFINITY_MODELS
+from wsss.stages.affinity_kinds import training_loss
 from wsss.stages.context import StageContext
 from wsss.stages.training import train_loop
 
@@ -36,8 +35,11 @@ def is_complete(ctx: StageContext) -> bool:
 def build_affinity_model(ctx: StageContext, *, pretrained: bool = True) -> nn.Module:
     a = ctx.recipe.affinity
     return AFFINITY_MODELS.build(
-        a.model, where="affinity.model", backbone=a.backbone,
-        pretrained=a.pretrained if pretrained else None, **a.model_args,
+        a.model,
+        where="affinity.model",
+        backbone=a.backbone,
+        pretrained=a.pretrained if pretrained else None,
+        **a.model_args,
     )
 
 
@@ -51,32 +53,27 @@ def run(ctx: StageContext) -> dict[str, Any]:
     r, a = ctx.recipe, ctx.recipe.affinity
     seed_everything(r.seed)
     split = training_split(ctx)
-    transform = train_transform(resize_long=a.resize_long, crop_size=a.crop_size, flip=a.flip,
-                                color_jitter=a.color_jitter)
-    ds = PseudoLabelDataset(ctx.dataset(split), ctx.paths.label_dir(split), transform)
+    transform = train_transform(
+        resize_long=a.resize_long, crop_size=a.crop_size, flip=a.flip, color_jitter=a.color_jitter
+    )
+    ds = PseudoLabelDataset(ctx.dataset(split), ctx.paths.label_dir, transform)
     model = build_affinity_model(ctx).to(ctx.device)
-    stride = model.output_stride
-    padding_as = 0 if a.padding_as_background else 255
 
     def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        x = batch["image"].to(ctx.device, non_blocking=True)
-        grid = affinity_training_labels(batch["mask"].to(ctx.device), batch["padding"].to(ctx.device),
-                                        stride=stride, padding_as=padding_as)
-        emb = net(x)
-        if emb.shape[-2:] != grid.shape[-2:]:
-            raise ValueError(f"embedding grid {tuple(emb.shape[-2:])} != label grid {tuple(grid.shape[-2:])}; "
-                             f"use a crop size divisible by {stride}")
-        # the radius shrinks on grids too small for it (tiny crops), as PSA/SEAM do
-        offsets = radius_offsets(effective_radius(grid.shape[-2], grid.shape[-1], a.radius))
-        bg, fg, neg = affinity_labels(grid, offsets, cover="crop")
-        src, dst = offset_pairs(grid.shape[-2], grid.shape[-1], offsets, "crop", device=emb.device)
-        aff = pair_affinities(emb, src, dst)
-        return affinity_loss(aff, bg, fg, neg)
+        return training_loss(net, model, batch, a, ctx.device)
 
-    metrics = train_loop(ctx, name=NAME, model=model, dataset=ds, cfg=a, step_fn=step,
-                         state_path=ctx.paths.affinity_state)
+    metrics = train_loop(
+        ctx, name=NAME, model=model, dataset=ds, cfg=a, step_fn=step, state_path=ctx.paths.affinity_state
+    )
     if ctx.dist.is_main:
-        export_weights(ctx.paths.affinity_weights, model, {
-            "stage": NAME, "model": a.model, "backbone": a.backbone, "radius": a.radius,
-        })
+        export_weights(
+            ctx.paths.affinity_weights,
+            model,
+            {
+                "stage": NAME,
+                "model": a.model,
+                "backbone": a.backbone,
+                "radius": a.radius,
+            },
+        )
     return metrics

@@ -252,9 +252,7 @@ class IRNet(nn.Module):
         b = x.shape[0]
         return torch.sigmoid((logits[:b] + logits[b:].flip(-1)) / 2)
 
-    def forward_pairs(
-        self, x: Tensor, radius: int = IRN_TRAIN_RADIUS, cover: Cover = "crop"
-    ) -> IRNPairs:
+    def forward_pairs(self, x: Tensor, radius: int = IRN_TRAIN_RADIUS, cover: Cover = "crop") -> IRNPairs:
         """Edge → pair affinities ``1 − max edge`` on the path (IRN training: radius 10, crop layout).
 
         The pairs are those of ``offset_pairs(h, w, radius_offsets(radius), cover)``, so the
@@ -334,4 +332,3 @@ __all__ = [
     "build_irn",
     "irn_refine",
 ]
-

@@ -1,0 +1,79 @@
+"""Scoring a folder of per-image label PNGs against the seed-evaluation split's ground truth.
+
+Shared by the stages that write pseudo-labels (``make-labels``, ``random-walk``): the numbers
+land in ``eval/<name>.json`` and in the stage's metrics. Ground truth is used for measurement
+only; nothing downstream reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from wsss.eval.runner import evaluate_label_dir
+from wsss.files import write_json
+from wsss.stages.context import StageContext
+
+
+def score_label_folder(ctx: StageContext, folder: Path, name: str) -> dict[str, Any]:
+    """mIoU and per-class IoU of ``folder`` on the seed-evaluation split ({} when it cannot be scored)."""
+    split = ctx.recipe.data.seed_eval_split
+    ds = ctx.gt_dataset(split)
+    summary: dict[str, Any] = {}
+    scores: dict[str, Any] = {}
+    if ds is not None:
+        missing = [n for n in ds.names if not (folder / f"{n}.png").is_file()]
+        if missing:
+            ctx.logger.info(
+                "%s: %d images of split %s have no label in %s (e.g. %s); not scored",
+                name,
+                len(missing),
+                split,
+                folder,
+                missing[0],
+            )
+        else:
+            scores = evaluate_label_dir(
+                folder,
+                ds.mask_path(0).parent,
+                ds.names,
+                ds.num_classes,
+                ds.class_names,
+                mean=ctx.recipe.evaluate.mean,
+                progress=False,
+            )
+            summary = {
+                "miou": scores["miou"],
+                "evaluated_on": split,
+                "per_class_iou": {c["name"]: c["iou"] for c in scores["per_class"]},
+            }
+    write_json(ctx.paths.eval_dir / f"{name}.json", {"summary": summary, "scores": scores})
+    return summary
+
+
+def _exists(path: Path) -> bool:
+    return path.is_file()
+
+
+def pending(
+    ctx: StageContext, folder: Path, suffix: str, done: Callable[[Path], bool] = _exists
+) -> list[tuple[Any, int]]:
+    """(dataset, index) of this process's images of the map splits whose output is not ``done``.
+
+    An image listed in several map splits (VOC train ⊂ train_aug) is handled once.
+    """
+    todo, seen = [], set()
+    for split in ctx.map_splits:
+        ds = ctx.dataset(split)
+        for i in ctx.my_indices(len(ds)):
+            name = ds.names[i]
+            if name not in seen and not done(folder / f"{name}{suffix}"):
+                todo.append((ds, i))
+            seen.add(name)
+    return todo
+
+
+def all_written(ctx: StageContext, folder: Path, suffix: str, done: Callable[[Path], bool] = _exists) -> bool:
+    """Whether every image of every map split has its output in ``folder``."""
+    return all(done(folder / f"{n}{suffix}") for split in ctx.map_splits for n in ctx.dataset(split).names)
