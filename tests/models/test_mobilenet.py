@@ -9,8 +9,8 @@ import torch
 import torchvision
 
 from wsss.errors import ConfigError
+from wsss.models.backbones.base import load_backbone_weights
 from wsss.models.backbones.mobilenet import MobileNetV2, offline_mobilenet_v2_weights
-from wsss.models.backbones.resnet import load_backbone_weights
 from wsss.registry import BACKBONES
 
 OFFLINE = offline_mobilenet_v2_weights()

@@ -49,7 +49,12 @@ def test_affinity_chain_writes_scored_pseudo_masks(synth_root: Path, tmp_path: P
     run = tmp_path / "run"
     record = run_pipeline(recipe, run, device="cpu")
     assert list(record["stages"]) == [
-        "train-cls", "make-cams", "eval-cams", "make-labels", "train-affinity", "random-walk"
+        "train-cls",
+        "make-cams",
+        "eval-cams",
+        "make-labels",
+        "train-affinity",
+        "random-walk",
     ]
     assert (run / "train-affinity" / "model.safetensors").is_file()
     labels = sorted((run / "labels").glob("*.png"))

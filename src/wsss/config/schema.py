@@ -18,7 +18,6 @@ class DataConfig:
     dataset: str = "synth"  # registry name: synth | voc | coco | folder
     root: str = "data/synth"  # dataset root (VOC layout: the folder holding JPEGImages/)
     train_split: str = "train"  # classifier / segmentation training list
-    cam_split: str = "train"  # images that get CAMs and pseudo-masks
     seed_eval_split: str = "train"  # split with GT on which seeds and pseudo-masks are scored
     val_split: str = "val"  # segmentation evaluation split
     labels_file: str | None = (

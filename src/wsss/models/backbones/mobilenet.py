@@ -32,8 +32,7 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 from wsss.errors import CheckpointError, ConfigError
-from wsss.models.backbones.base import FeatureInfo
-from wsss.models.backbones.resnet import FreezableBackbone, load_backbone_weights
+from wsss.models.backbones.base import FeatureInfo, FreezableBackbone, load_backbone_weights
 from wsss.registry import BACKBONES
 
 log = logging.getLogger(__name__)

@@ -29,21 +29,17 @@ Inputs of any size work: every stride-2 layer pads so that an H×W input gives
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision import models as tvm
 from torchvision.models import WeightsEnum
 
-from wsss.errors import CheckpointError, ConfigError
-from wsss.models.backbones.base import Backbone, FeatureInfo
-from wsss.models.weights import LoadReport, load_checkpoint_file, load_weights, strip_prefixes
+from wsss.errors import ConfigError
+from wsss.models.backbones.base import FeatureInfo, FreezableBackbone, load_backbone_weights
 from wsss.registry import BACKBONES
 
 log = logging.getLogger(__name__)
-
-TORCHVISION = "torchvision"  # ``pretrained`` value that downloads torchvision's ImageNet weights
 
 # (factory, ImageNet weights). V1 is the original Caffe-era training (resnet50-19c8e357 lineage)
 # that IRN, SPU and AMR start from.
@@ -57,101 +53,6 @@ DILATION_PATTERNS: dict[int, tuple[bool, bool, bool]] = {
     16: (False, False, True),
     8: (False, True, True),
 }
-
-
-class FreezableBackbone(Backbone):
-    """A backbone whose leading stages can be frozen and whose BatchNorms can be fixed.
-
-    Subclasses list their stages in ``stage_modules`` (submodule names, stem first) and call
-    ``configure_freezing`` at the end of ``__init__``. ``train()`` keeps frozen stages (and,
-    with ``freeze_bn``, every BatchNorm) in eval mode; unlike IRN's override it still calls
-    ``nn.Module.train`` so ``model.eval()`` really switches everything else to eval.
-    """
-
-    stage_modules: tuple[tuple[str, ...], ...] = ()
-    frozen_stages: int = -1
-    freeze_bn: bool = False
-    freeze_bn_affine: bool = False
-
-    def configure_freezing(self, frozen_stages: int, freeze_bn: bool, freeze_bn_affine: bool) -> None:
-        """Set ``requires_grad=False`` on what is frozen and apply the eval-mode rules."""
-        last = len(self.stage_modules) - 1
-        if (
-            isinstance(frozen_stages, bool)
-            or not isinstance(frozen_stages, int)
-            or not -1 <= frozen_stages <= last
-        ):
-            raise ConfigError(
-                f"{type(self).__name__}: frozen_stages must be an integer from -1 (nothing frozen) to "
-                f"{last} (every stage), got {frozen_stages!r}"
-            )
-        self.frozen_stages = frozen_stages
-        self.freeze_bn = bool(freeze_bn)
-        self.freeze_bn_affine = bool(freeze_bn_affine)
-        for name in self.frozen_module_names():
-            self.get_submodule(name).requires_grad_(False)
-        if self.freeze_bn_affine:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.requires_grad_(False)
-        self.train(self.training)
-
-    def frozen_module_names(self) -> tuple[str, ...]:
-        """Submodule names of the frozen stages, stem first."""
-        return tuple(name for stage in self.stage_modules[: self.frozen_stages + 1] for name in stage)
-
-    def train(self, mode: bool = True) -> FreezableBackbone:
-        super().train(mode)
-        if mode:
-            for name in self.frozen_module_names():
-                self.get_submodule(name).eval()
-            if self.freeze_bn:
-                for module in self.modules():
-                    if isinstance(module, _BatchNorm):
-                        module.eval()
-        return self
-
-
-def loadable_keys(model: nn.Module) -> list[str]:
-    """State keys a weight file is expected to provide (BN ``num_batches_tracked`` counters excepted:
-    old torchvision and converted files do not carry them)."""
-    return [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
-
-
-def load_backbone_weights(
-    model: nn.Module,
-    source: str,
-    *,
-    skip: tuple[str, ...] = (),
-    torchvision_weights: WeightsEnum | None = None,
-    state: Mapping[str, Tensor] | None = None,
-) -> LoadReport:
-    """Load ImageNet weights into a backbone by key; every loadable backbone tensor must match.
-
-    ``source`` is a local file (``.pth``/``.pt``/``.safetensors``, bare or ``{'model': …}``,
-    ``module.`` prefixes stripped) or ``"torchvision"``, which downloads ``torchvision_weights``
-    through torchvision (needs internet; the only path that does). ``state`` (already read)
-    overrides reading ``source``. ``skip`` lists key prefixes of heads to leave out (reported).
-    """
-    stripped = 0
-    if state is None:
-        if source == TORCHVISION:
-            if torchvision_weights is None:
-                raise ConfigError(
-                    f"{type(model).__name__} has no torchvision weights; give a weight file path"
-                )
-            try:
-                state = torchvision_weights.get_state_dict(progress=True)
-            except Exception as exc:
-                raise CheckpointError(
-                    f"cannot download torchvision weights {torchvision_weights} ({type(exc).__name__}: {exc}); "
-                    "download the file elsewhere and pass its local path as pretrained"
-                ) from exc
-        else:
-            state, stripped = strip_prefixes(load_checkpoint_file(source))
-    report = load_weights(model, state, min_matched=len(loadable_keys(model)), skip=skip, where=source)
-    report.stripped = stripped
-    return report
 
 
 class ResNet(FreezableBackbone):

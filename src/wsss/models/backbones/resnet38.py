@@ -34,9 +34,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from wsss.errors import ConfigError
-from wsss.models.backbones.base import FeatureInfo
+from wsss.models.backbones.base import FeatureInfo, FreezableBackbone, load_backbone_weights
 from wsss.models.backbones.mxnet_params import convert_resnet38_params, read_params
-from wsss.models.backbones.resnet import FreezableBackbone, load_backbone_weights
 from wsss.models.weights import LoadReport
 from wsss.registry import BACKBONES
 
