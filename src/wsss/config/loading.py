@@ -199,7 +199,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             try:
                 return float(value)
             except ValueError:
-                pass
+                raise ConfigError(f"'{path}' must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{path}' must be a number, got {value!r}")
         return float(value)

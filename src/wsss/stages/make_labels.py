@@ -77,10 +77,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         (cfg, cam_dir / f"{ds.names[i]}.npz", ds.image_path(i), folder / f"{ds.names[i]}.png")
         for ds, i in pending(ctx, folder, ".png")
     ]
-    for _ in parallel_map(_write_one, jobs, workers=r.labels.workers, desc=NAME, progress=ctx.dist.is_main):
-        pass
+    done = sum(
+        1
+        for _ in parallel_map(
+            _write_one, jobs, workers=r.labels.workers, desc=NAME, progress=ctx.dist.is_main
+        )
+    )
     barrier()
-    out: dict[str, Any] = {"written": len(jobs)}
+    out: dict[str, Any] = {"written": done}
     if ctx.dist.is_main:
         out.update(score_label_folder(ctx, folder, "labels"))
     return out
