@@ -23,7 +23,15 @@ from wsss.config import Recipe, save_recipe, to_dict
 from wsss.engine import barrier, init_distributed, resolve_device, setup_run_logging
 from wsss.errors import ConfigError
 from wsss.files import write_json
-from wsss.registry import suggest
+from wsss.registry import (
+    AFFINITY_MODELS,
+    BACKBONES,
+    CAM_EXTRACTORS,
+    CAM_MODELS,
+    DATASETS,
+    METHODS,
+    suggest,
+)
 from wsss.stages import eval_cams, make_cams, make_labels, random_walk, train_affinity, train_cls
 from wsss.stages.context import StageContext
 
@@ -36,6 +44,26 @@ def check_stages(names: list[str]) -> None:
     for name in names:
         if name not in STAGES:
             raise ConfigError(f"unknown stage '{name}'{suggest(name, STAGES)}; stages: {', '.join(STAGES)}")
+
+
+def check_components(recipe: Recipe, names: list[str]) -> None:
+    """Fail before any work when a stage to run names an unknown component (typos cost hours)."""
+    wanted = {
+        "train-cls": [
+            (CAM_MODELS, recipe.classifier.model, "classifier.model"),
+            (METHODS, recipe.classifier.method, "classifier.method"),
+            (BACKBONES, recipe.classifier.backbone, "classifier.backbone"),
+        ],
+        "make-cams": [(CAM_EXTRACTORS, recipe.cams.extractor, "cams.extractor")],
+        "train-affinity": [
+            (AFFINITY_MODELS, recipe.affinity.model, "affinity.model"),
+            (BACKBONES, recipe.affinity.backbone, "affinity.backbone"),
+        ],
+    }
+    DATASETS.get(recipe.data.dataset, "data.dataset")
+    for name in names:
+        for registry, value, where in wanted.get(name, []):
+            registry.get(value, where)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -89,6 +117,7 @@ def run_pipeline(
     run_dir = Path(run_dir)
     names = stages or recipe.stages
     check_stages(names)
+    check_components(recipe, names)
     dist = init_distributed()
     dev = resolve_device(device or recipe.device, local_rank=dist.local_rank if dist.world_size > 1 else None)
     run_dir.mkdir(parents=True, exist_ok=True)

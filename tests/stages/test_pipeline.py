@@ -117,3 +117,10 @@ def test_shards_cover_the_split_identically(synth_root: Path, tmp_path: Path) ->
     for path in (full / "cams").glob("*.npz"):
         a, b = load_cam(path), load_cam(sharded / "cams" / path.name)
         assert np.array_equal(a.cams, b.cams) and np.array_equal(a.keys, b.keys)
+
+
+def test_unknown_component_fails_before_any_work(synth_root: Path, tmp_path: Path) -> None:
+    recipe = _recipe(synth_root, "cams.extractor=transcm")
+    with pytest.raises(ConfigError, match=r"cams\.extractor.*did you mean 'transcam'"):
+        run_pipeline(recipe, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run" / "train-cls").exists()

@@ -1,7 +1,8 @@
 """Training objectives. Importing this package fills ``METHODS`` (and ``LOSSES``)."""
 
 import wsss.losses.affinity  # fills LOSSES: psa_affinity
-import wsss.losses.cam  # noqa: F401  (fills METHODS: cam)
+import wsss.losses.cam
+import wsss.losses.seg  # noqa: F401  (fills LOSSES: ce, puf)
 from wsss.losses import bnr
 from wsss.losses import irn as irn  # fills LOSSES: irn
 

@@ -1,6 +1,7 @@
 """Networks. Importing this package fills ``BACKBONES`` and ``CAM_MODELS``."""
 
-import wsss.models.affinity  # noqa: F401  (fills AFFINITY_MODELS)
+import wsss.models.affinity
+import wsss.models.seg  # noqa: F401  (fills SEG_MODELS)
 from wsss.models import backbones, cam
 
 __all__ = ["backbones", "cam"]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from wsss.cams.extractors import get_extractor
 from wsss.cams.files import is_complete as cam_file_complete
 from wsss.cams.files import save_cam
 from wsss.cams.inference import NORMALISERS, multiscale_cams
@@ -33,7 +34,7 @@ def write_cams(ctx: StageContext, model: torch.nn.Module, items: list[dict[str, 
     """Multi-scale + flip CAMs of some dataset items, normalised and saved one file each."""
     cfg = ctx.recipe.cams
     sums = multiscale_cams(
-        partial(model.extract, method=cfg.extractor),
+        partial(get_extractor(cfg.extractor), model),
         [it["image"] for it in items],
         [it["labels"] for it in items],
         cfg.scales,
