@@ -92,7 +92,13 @@ def test_param_groups_give_the_head_ten_times_the_lr(name, request):
 
 def test_largefov_keeps_the_authors_module_names(largefov):
     keys = set(largefov.state_dict())
-    for key in ("conv_fov.weight", "bn_fov.running_var", "conv_fov2.weight", "bn_fov2.weight", "cls_conv.bias"):
+    for key in (
+        "conv_fov.weight",
+        "bn_fov.running_var",
+        "conv_fov2.weight",
+        "bn_fov2.weight",
+        "cls_conv.bias",
+    ):
         assert key in keys
     assert "conv_fov.bias" not in keys and "conv_fov2.bias" not in keys
     assert largefov.conv_fov.dilation == (12, 12) and largefov.conv_fov.padding == (12, 12)
@@ -107,7 +113,9 @@ def test_largefov_bn_affine_quirk_and_momentum():
     bns = [m for m in authors.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(m.momentum == 0.0003 for m in bns)
     assert all(not p.requires_grad for m in bns for p in m.parameters())
-    assert all(p.requires_grad for m in clean.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+    assert all(
+        p.requires_grad for m in clean.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()
+    )
     # every conv of the authors' model still trains (conv1a included), only BN affine is left out
     assert all(p.requires_grad for m in authors.modules() if isinstance(m, nn.Conv2d) for p in m.parameters())
     assert authors.backbone.conv1a.weight.requires_grad
@@ -209,15 +217,21 @@ def test_init_checkpoint_restores_every_weight(tmp_path):
     assert other.classifier.weight.shape == (3, 128, 1, 1)
     assert other.classifier.weight.abs().max() < 0.1  # N(0, 0.01) init, not the perturbed source values
     torch.testing.assert_close(other.aspp.project[0][0].weight, source.aspp.project[0][0].weight)
-    torch.testing.assert_close(other.backbone.features[3].conv[1][0].weight, source.backbone.features[3].conv[1][0].weight)
+    torch.testing.assert_close(
+        other.backbone.features[3].conv[1][0].weight, source.backbone.features[3].conv[1][0].weight
+    )
 
 
 def test_init_checkpoint_may_lack_the_aux_head(tmp_path):
     torch.manual_seed(0)
-    source = SEG_MODELS.build("pspnet", backbone="mobilenet_v2", output_stride=16, num_classes=3, aux_weight=0)
+    source = SEG_MODELS.build(
+        "pspnet", backbone="mobilenet_v2", output_stride=16, num_classes=3, aux_weight=0
+    )
     path = tmp_path / "psp.pth"
     _save(source, path)
-    loaded = SEG_MODELS.build("pspnet", backbone="mobilenet_v2", output_stride=16, num_classes=3, init=str(path))
+    loaded = SEG_MODELS.build(
+        "pspnet", backbone="mobilenet_v2", output_stride=16, num_classes=3, init=str(path)
+    )
     assert loaded.auxiliary_head is not None
     torch.testing.assert_close(loaded.decode_head.conv_seg.weight, source.decode_head.conv_seg.weight)
 
@@ -234,7 +248,10 @@ def test_bad_init_checkpoints_fail_clearly(tmp_path):
     with pytest.raises(CheckpointError, match=r"1 missing \(e.g. aspp.project.0.0.weight\)"):
         SEG_MODELS.build("deeplab_v3_lite", num_classes=5, init=str(partial))
     caffe = tmp_path / "init.pth"
-    torch.save({"base.layer1.conv1.conv.weight": torch.zeros(64, 3, 7, 7), "base.aspp.c0.weight": torch.zeros(1)}, caffe)
+    torch.save(
+        {"base.layer1.conv1.conv.weight": torch.zeros(64, 3, 7, 7), "base.aspp.c0.weight": torch.zeros(1)},
+        caffe,
+    )
     with pytest.raises(CheckpointError, match="kazuto1011"):
         SEG_MODELS.build("deeplab_v3_lite", init=str(caffe))
 

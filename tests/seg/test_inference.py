@@ -218,11 +218,12 @@ def test_batched_uses_one_forward_per_scale() -> None:
     assert calls == [1, 1, 1, 1]
 
 
+@pytest.mark.parametrize("mode", ["logits", "probs", "max_logits"])
 @pytest.mark.parametrize(("window", "overlap"), [(16, 1 / 3), (20, 0.0), (7, 0.5), (64, 1 / 3)])
-def test_sliding_window_equals_whole_image_for_pixel_net(window: int, overlap: float) -> None:
+def test_sliding_window_equals_whole_image_for_pixel_net(window: int, overlap: float, mode: str) -> None:
     net = PixelNet()
     img = _image(37, 50, seed=2, dtype=torch.float32)
-    kw = dict(num_classes=CLASSES, scales=(0.75, 1.0, 1.5), flip=True)
+    kw = dict(num_classes=CLASSES, scales=(0.75, 1.0, 1.5), flip=True, mode=mode)
     whole = predict_probs(net, img, **kw)
     tiled = predict_probs(net, img, window=window, overlap=overlap, **kw)
     assert torch.allclose(tiled, whole, atol=1e-6)

@@ -207,7 +207,7 @@ def _pass_logits(
     for (t, _, flipped), out in zip(jobs, outs):
         up = _resize(out[None], shape, align_corners)[0]
         if flipped:
-            up = up
+            up = up.flip(-1)
         canvas[int(flipped), :, t.y : t.y + t.h, t.x : t.x + t.w] += up[:, : t.h, : t.w]
     return canvas / count
 

@@ -118,8 +118,8 @@ def level_of(backbone: Backbone, name: str, where: str) -> FeatureInfo:
 
 def set_bn_momentum(module: nn.Module, momentum: float) -> None:
     """Give every BatchNorm inside ``module`` the running-statistics momentum ``momentum``."""
-    if not 0.0 < momentum <= 1.0:
-        raise ConfigError(f"bn_momentum must be in (0, 1], got {momentum}")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 < momentum <= 1.0:
+        raise ConfigError(f"bn_momentum must be a number in (0, 1], got {momentum!r}")
     for m in module.modules():
         if isinstance(m, _BatchNorm):
             m.momentum = momentum
