@@ -32,11 +32,21 @@ from wsss.registry import (
     METHODS,
     suggest,
 )
-from wsss.stages import eval_cams, make_cams, make_labels, random_walk, train_affinity, train_cls
+from wsss.stages import (
+    eval_cams,
+    make_cams,
+    make_labels,
+    predict,
+    random_walk,
+    train_affinity,
+    train_cls,
+    train_seg,
+)
 from wsss.stages.context import StageContext
 
 STAGES: dict[str, ModuleType] = {
-    m.NAME: m for m in (train_cls, make_cams, eval_cams, make_labels, train_affinity, random_walk)
+    m.NAME: m
+    for m in (train_cls, make_cams, eval_cams, make_labels, train_affinity, random_walk, train_seg, predict)
 }
 
 

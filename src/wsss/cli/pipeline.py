@@ -15,6 +15,8 @@ STAGE_HELP = {
     "make-labels": "turn CAM files into pseudo-labels (threshold / confident / PSA alpha, + CRF) and score them",
     "train-affinity": "train PSA's AffinityNet on the confident labels",
     "random-walk": "propagate CAMs with AffinityNet affinities (sparse walk, + CRF) into pseudo-masks",
+    "train-seg": "train a segmentation network on the pseudo-masks (or on ground truth: the upper bound)",
+    "predict": "multi-scale + flip (+ CRF) segmentation of the val split, scored per class",
 }
 
 

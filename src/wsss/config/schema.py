@@ -133,6 +133,51 @@ class RandomWalkConfig:
 
 
 @dataclass
+class SegConfig(TrainerConfig):
+    """Stage ``train-seg``: a segmentation network on pseudo-masks (or GT: the upper bound).
+
+    TransCAM: DeepLab-LargeFOV/ResNet-38, 20k iterations at batch 10 (≈ 19 epochs of train_aug),
+    lr 1e-3 poly SGD, head ×10, crop 448, scale 0.5–1.5, flip, CE ignoring 255.
+    """
+
+    model: str = "deeplab_v3_lite"  # SEG_MODELS registry name
+    backbone: str = "mobilenet_v2"
+    pretrained: str | None = None  # backbone ImageNet weights (local file, or "offline" for MobileNetV2)
+    init: str = "imagenet"  # or a full segmentation checkpoint (e.g. a COCO-pretrained DeepLab): reported
+    model_args: dict[str, Any] = field(default_factory=dict)
+    labels: str = (
+        "pseudo"  # pseudo: random-walk masks if made, else make-labels; gt: ground truth; or a folder
+    )
+    loss: str = "ce"  # LOSSES registry name: ce | puf
+    loss_args: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 19
+    batch_size: int = 10
+    optimizer: Literal["adamw", "sgd"] = "sgd"
+    schedule: Literal["constant", "poly"] = "poly"
+    lr: float = 1.0e-3
+    weight_decay: float = 5.0e-4
+    head_lr_mult: float = 10.0
+    scale: tuple[float, float] = (0.5, 1.5)
+    crop_size: int = 448
+    flip: bool = True
+    color_jitter: tuple[float, float, float, float] | None = None
+
+
+@dataclass
+class PredictConfig:
+    """Stage ``predict``: multi-scale + flip inference (+ CRF) and scoring on the val split."""
+
+    protocol: str | None = None  # a named paper protocol (transcam, pmm, unia) instead of the fields below
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    mode: Literal["logits", "probs", "max_logits"] = "logits"
+    window: int | None = None  # sliding-window size for large images
+    crf: str | None = None  # CRF preset (deeplab, deeplab_v2, toco); None: no CRF
+    crf_backend: Literal["auto", "exact", "torch"] = "auto"
+    splits: list[str] = field(default_factory=lambda: ["val"])
+
+
+@dataclass
 class EvalConfig:
     """Evaluation settings shared by ``eval-cams`` and ``evaluate``."""
 
@@ -157,4 +202,6 @@ class Recipe:
     labels: LabelConfig = field(default_factory=LabelConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     random_walk: RandomWalkConfig = field(default_factory=RandomWalkConfig)
+    segmentation: SegConfig = field(default_factory=SegConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)

@@ -58,6 +58,22 @@ class RunPaths:
         return self.affinity_dir / "model.safetensors"
 
     @property
+    def seg_dir(self) -> Path:
+        return self.root / "train-seg"
+
+    @property
+    def seg_state(self) -> Path:
+        return self.seg_dir / "state.pt"
+
+    @property
+    def seg_weights(self) -> Path:
+        return self.seg_dir / "model.safetensors"
+
+    @property
+    def prediction_dir(self) -> Path:
+        return self.root / "predictions"
+
+    @property
     def pseudo_dir(self) -> Path:
         """Final pseudo-masks (after the affinity random walk and CRF)."""
         return self.root / "pseudo"

@@ -1,0 +1,86 @@
+"""Stage ``predict``: segmentation masks for the prediction splits, scored on the val split.
+
+Multi-scale + flip inference (a named paper protocol or the recipe's own settings), optional
+dense-CRF post-processing, one palette PNG per image in ``predictions/``; resumable and sharded.
+Scores (per-class IoU, precision, recall) go to ``eval/seg_<split>.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wsss.cams.inference import normalise_image
+from wsss.data.images import read_image
+from wsss.data.palette import write_label_png
+from wsss.engine import barrier
+from wsss.eval.runner import evaluate_label_dir
+from wsss.files import write_json
+from wsss.seg.inference import get_protocol, postprocess_crf, predict_probs
+from wsss.stages.context import StageContext
+from wsss.stages.train_seg import load_trained_seg
+
+NAME = "predict"
+
+
+def _splits(ctx: StageContext) -> list[str]:
+    return list(dict.fromkeys(ctx.recipe.predict.splits))
+
+
+def is_complete(ctx: StageContext) -> bool:
+    folder = ctx.paths.prediction_dir
+    done = all((folder / f"{n}.png").is_file() for s in _splits(ctx) for n in ctx.dataset(s).names)
+    return done and all((ctx.paths.eval_dir / f"seg_{s}.json").is_file() for s in _splits(ctx))
+
+
+def _settings(ctx: StageContext) -> tuple[dict[str, Any], str | None]:
+    p = ctx.recipe.predict
+    if p.protocol is not None:
+        proto = get_protocol(p.protocol)
+        return proto.predict_kwargs(), proto.crf
+    return {"scales": tuple(p.scales), "flip": p.flip, "mode": p.mode, "window": p.window}, p.crf
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    kwargs, crf = _settings(ctx)
+    folder = ctx.paths.prediction_dir
+    out: dict[str, Any] = {}
+    model = None
+    for split in _splits(ctx):
+        ds = ctx.dataset(split)
+        todo = [i for i in ctx.my_indices(len(ds)) if not (folder / f"{ds.names[i]}.png").is_file()]
+        if todo and model is None:
+            model = load_trained_seg(ctx, ds.num_classes).to(ctx.device).eval()
+        for i in tqdm(todo, desc=f"{NAME} {split}", unit="img", disable=not ctx.dist.is_main):
+            image = read_image(ds.image_path(i))
+            x = normalise_image(torch.as_tensor(image).permute(2, 0, 1))
+            with torch.no_grad():
+                probs = predict_probs(model, x, num_classes=ds.num_classes, device=ctx.device, **kwargs)
+            if crf is not None:
+                label = postprocess_crf(image, probs.cpu(), crf, ctx.recipe.predict.crf_backend)
+            else:
+                label = probs.argmax(0).cpu().numpy()
+            write_label_png(folder / f"{ds.names[i]}.png", label.astype(np.uint8))
+        out[split] = {"written": len(todo)}
+    barrier()
+    if ctx.dist.is_main:
+        for split in _splits(ctx):
+            gt = ctx.gt_dataset(split)
+            scores: dict[str, Any] = {}
+            if gt is not None:
+                scores = evaluate_label_dir(
+                    folder,
+                    gt.mask_path(0).parent,
+                    gt.names,
+                    gt.num_classes,
+                    gt.class_names,
+                    mean=ctx.recipe.evaluate.mean,
+                    progress=False,
+                )
+                out[split]["miou"] = scores["miou"]
+                out[split]["per_class_iou"] = {c["name"]: c["iou"] for c in scores["per_class"]}
+            write_json(ctx.paths.eval_dir / f"seg_{split}.json", {"split": split, "scores": scores})
+    return out

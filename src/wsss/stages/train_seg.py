@@ -1,0 +1,102 @@
+"""Stage ``train-seg``: a segmentation network on the pseudo-masks (or on ground truth).
+
+``segmentation.labels: pseudo`` trains on the random-walk masks when the run made them, else on
+``make-labels``' output; ``gt`` trains on the dataset's own masks — the fully supervised upper
+bound of the same model and data; any other value is a folder of label PNGs. 255 is ignored.
+The loop (poly SGD with DeepLab parameter groups, exact resume, DDP, AMP) is ``stages.training``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wsss.data.pseudo import PseudoLabelDataset
+from wsss.data.transforms import train_transform
+from wsss.engine import export_weights, load_weights, seed_everything
+from wsss.losses.seg import deep_supervision_loss
+from wsss.registry import LOSSES, SEG_MODELS
+from wsss.stages.context import StageContext
+from wsss.stages.training import train_loop
+
+NAME = "train-seg"
+
+
+def is_complete(ctx: StageContext) -> bool:
+    return ctx.paths.seg_weights.is_file()
+
+
+def build_seg_model(ctx: StageContext, num_classes: int, *, pretrained: bool = True) -> nn.Module:
+    s = ctx.recipe.segmentation
+    return SEG_MODELS.build(
+        s.model,
+        where="segmentation.model",
+        num_classes=num_classes,
+        backbone=s.backbone,
+        pretrained=s.pretrained if pretrained else None,
+        init=s.init if pretrained else "imagenet",
+        **s.model_args,
+    )
+
+
+def load_trained_seg(ctx: StageContext, num_classes: int) -> nn.Module:
+    model = build_seg_model(ctx, num_classes, pretrained=False)
+    load_weights(ctx.paths.seg_weights, model)
+    return model
+
+
+def label_source(ctx: StageContext) -> Path | None:
+    """The label folder training reads (None: the dataset's ground truth)."""
+    choice = ctx.recipe.segmentation.labels
+    if choice == "gt":
+        return None
+    if choice == "pseudo":
+        return ctx.paths.pseudo_dir if ctx.paths.pseudo_dir.is_dir() else ctx.paths.label_dir
+    return Path(choice)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    r, s = ctx.recipe, ctx.recipe.segmentation
+    seed_everything(r.seed)
+    transform = train_transform(
+        resize_long=None, scale=s.scale, crop_size=s.crop_size, flip=s.flip, color_jitter=s.color_jitter
+    )
+    source = label_source(ctx)
+    if source is None:
+        ds: Any = ctx.dataset(r.data.train_split, with_masks=True, transform=transform)
+    else:
+        ds = PseudoLabelDataset(ctx.dataset(r.data.train_split), source, transform)
+    model = build_seg_model(ctx, ds.num_classes).to(ctx.device)
+    loss_fn = LOSSES.build(s.loss, where="segmentation.loss", **s.loss_args)
+    aux_weight = float(getattr(model, "aux_weight", 0.0) or 0.0)
+
+    def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x = batch["image"].to(ctx.device, non_blocking=True)
+        y = batch["mask"].to(ctx.device, non_blocking=True).long()
+        if aux_weight > 0:
+            out = net(x, with_aux=True)
+            return deep_supervision_loss(loss_fn, out.logits, y, out.aux, aux_weight)
+        return loss_fn(net(x), y)
+
+    metrics = train_loop(
+        ctx, name=NAME, model=model, dataset=ds, cfg=s, step_fn=step, state_path=ctx.paths.seg_state
+    )
+    metrics["labels"] = "ground truth" if source is None else str(source)
+    metrics["init"] = getattr(model, "init_source", s.init)
+    if ctx.dist.is_main:
+        export_weights(
+            ctx.paths.seg_weights,
+            model,
+            {
+                "stage": NAME,
+                "model": s.model,
+                "backbone": s.backbone,
+                "classes": list(ds.class_names),
+                "labels": metrics["labels"],
+                "init": metrics["init"],
+            },
+        )
+    return metrics
