@@ -95,7 +95,8 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     old = _flatten(yaml.safe_load(path.read_text()) or {})
     new = _flatten(to_dict(recipe))
     ignore = {"stages", "device"}  # may change between invocations of the same run
-    diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+    # keys only one side has come from a schema change between versions: not a different recipe
+    diff = sorted(k for k in set(old) & set(new) if k not in ignore and old[k] != new[k])
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
         raise ConfigError(
