@@ -50,6 +50,7 @@ def test_seg_stages_write_scored_predictions(synth_root: Path, tmp_path: Path, l
     assert seg["labels"] == ("ground truth" if labels == "gt" else str(run / "labels"))
     preds = sorted((run / "predictions").glob("*.png"))
     assert len(preds) == 4 and all(read_label_png(p).max() <= 3 for p in preds)
-    scores = json.loads((run / "eval" / "seg_val.json").read_text())["scores"]
-    assert scores["num_images"] == 4 and 0.0 <= scores["miou"] <= 1.0
-    assert record["stages"]["predict"]["metrics"]["val"]["miou"] == scores["miou"]
+    saved = json.loads((run / "eval" / "seg_val.json").read_text())
+    assert saved["scores"]["num_images"] == 4 and 0.0 <= saved["scores"]["miou"] <= 1.0
+    assert saved["summary"]["evaluated_on"] == "val"
+    assert record["stages"]["predict"]["metrics"]["val"]["miou"] == saved["scores"]["miou"]

@@ -17,10 +17,9 @@ from wsss.cams.inference import normalise_image
 from wsss.data.images import read_image
 from wsss.data.palette import write_label_png
 from wsss.engine import barrier
-from wsss.eval.runner import evaluate_label_dir
-from wsss.files import write_json
 from wsss.seg.inference import get_protocol, postprocess_crf, predict_probs
 from wsss.stages.context import StageContext
+from wsss.stages.scoring import score_label_folder
 from wsss.stages.train_seg import load_trained_seg
 
 NAME = "predict"
@@ -68,19 +67,5 @@ def run(ctx: StageContext) -> dict[str, Any]:
     barrier()
     if ctx.dist.is_main:
         for split in _splits(ctx):
-            gt = ctx.gt_dataset(split)
-            scores: dict[str, Any] = {}
-            if gt is not None:
-                scores = evaluate_label_dir(
-                    folder,
-                    gt.mask_path(0).parent,
-                    gt.names,
-                    gt.num_classes,
-                    gt.class_names,
-                    mean=ctx.recipe.evaluate.mean,
-                    progress=False,
-                )
-                out[split]["miou"] = scores["miou"]
-                out[split]["per_class_iou"] = {c["name"]: c["iou"] for c in scores["per_class"]}
-            write_json(ctx.paths.eval_dir / f"seg_{split}.json", {"split": split, "scores": scores})
+            out[split].update(score_label_folder(ctx, folder, f"seg_{split}", split))
     return out

@@ -16,9 +16,12 @@ from wsss.files import write_json
 from wsss.stages.context import StageContext
 
 
-def score_label_folder(ctx: StageContext, folder: Path, name: str) -> dict[str, Any]:
-    """mIoU and per-class IoU of ``folder`` on the seed-evaluation split ({} when it cannot be scored)."""
-    split = ctx.recipe.data.seed_eval_split
+def score_label_folder(
+    ctx: StageContext, folder: Path, name: str, split: str | None = None
+) -> dict[str, Any]:
+    """mIoU and per-class IoU of ``folder`` on ``split`` (default: the seed-evaluation split);
+    {} when the split has no ground truth or ``folder`` lacks some of its images."""
+    split = split or ctx.recipe.data.seed_eval_split
     ds = ctx.gt_dataset(split)
     summary: dict[str, Any] = {}
     scores: dict[str, Any] = {}
