@@ -33,6 +33,7 @@ from wsss.registry import (
     suggest,
 )
 from wsss.stages import (
+    cycle_seg,
     eval_cams,
     make_cams,
     make_labels,
@@ -46,7 +47,17 @@ from wsss.stages.context import StageContext
 
 STAGES: dict[str, ModuleType] = {
     m.NAME: m
-    for m in (train_cls, make_cams, eval_cams, make_labels, train_affinity, random_walk, train_seg, predict)
+    for m in (
+        train_cls,
+        make_cams,
+        eval_cams,
+        make_labels,
+        train_affinity,
+        random_walk,
+        train_seg,
+        predict,
+        cycle_seg,
+    )
 }
 
 

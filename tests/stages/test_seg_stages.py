@@ -54,3 +54,22 @@ def test_seg_stages_write_scored_predictions(synth_root: Path, tmp_path: Path, l
     assert saved["scores"]["num_images"] == 4 and 0.0 <= saved["scores"]["miou"] <= 1.0
     assert saved["summary"]["evaluated_on"] == "val"
     assert record["stages"]["predict"]["metrics"]["val"]["miou"] == saved["scores"]["miou"]
+
+
+def test_cycle_round_trains_on_round_one_predictions(synth_root: Path, tmp_path: Path) -> None:
+    recipe = load_recipe(
+        "synth/bnr-nano",
+        [f"data.root={synth_root}", "stages=[train-seg,predict,cycle-seg]", "segmentation.labels=gt", *TINY],
+    )
+    run = tmp_path / "cycle"
+    record = run_pipeline(recipe, run, device="cpu")
+    cycle = record["stages"]["cycle-seg"]["metrics"]
+    round1 = sorted((run / "cycle" / "labels").glob("*.png"))
+    assert cycle["round1_masks_written"] == len(round1) == 12  # every training image
+    assert cycle["train"]["labels"] == str(run / "cycle" / "labels")
+    assert (run / "cycle" / "train-seg" / "model.safetensors").is_file()
+    assert len(list((run / "cycle" / "predictions").glob("*.png"))) == 4
+    saved = json.loads((run / "eval" / "seg_cycle_val.json").read_text())["summary"]
+    assert saved["evaluated_on"] == "val" and cycle["val"]["miou"] == saved["miou"]
+    # round-1 masks are the round-1 model's predictions: no uncertain pixels, only known classes
+    assert all(read_label_png(p).max() <= 3 for p in round1)

@@ -17,6 +17,7 @@ STAGE_HELP = {
     "random-walk": "propagate CAMs with AffinityNet affinities (sparse walk, + CRF) into pseudo-masks",
     "train-seg": "train a segmentation network on the pseudo-masks (or on ground truth: the upper bound)",
     "predict": "multi-scale + flip (+ CRF) segmentation of the val split, scored per class",
+    "cycle-seg": "PMM's cyclic round: round-1 masks on train, a fresh model trained on them, scored on val",
 }
 
 

@@ -70,6 +70,11 @@ class RunPaths:
         return self.seg_dir / "model.safetensors"
 
     @property
+    def cycle_dir(self) -> Path:
+        """PMM's cyclic round: its labels, model and predictions."""
+        return self.root / "cycle"
+
+    @property
     def prediction_dir(self) -> Path:
         return self.root / "predictions"
 

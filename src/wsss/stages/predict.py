@@ -7,6 +7,7 @@ Scores (per-class IoU, precision, recall) go to ``eval/seg_<split>.json``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,27 +44,32 @@ def _settings(ctx: StageContext) -> tuple[dict[str, Any], str | None]:
     return {"scales": tuple(p.scales), "flip": p.flip, "mode": p.mode, "window": p.window}, p.crf
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def predict_split(ctx: StageContext, model: torch.nn.Module, ds: Any, folder: Path, desc: str) -> int:
+    """Write this process's missing predictions of ``ds`` into ``folder``; return how many."""
     kwargs, crf = _settings(ctx)
+    todo = [i for i in ctx.my_indices(len(ds)) if not (folder / f"{ds.names[i]}.png").is_file()]
+    for i in tqdm(todo, desc=desc, unit="img", disable=not ctx.dist.is_main):
+        image = read_image(ds.image_path(i))
+        x = normalise_image(torch.as_tensor(image).permute(2, 0, 1))
+        with torch.no_grad():
+            probs = predict_probs(model, x, num_classes=ds.num_classes, device=ctx.device, **kwargs)
+        if crf is not None:
+            label = postprocess_crf(image, probs.cpu(), crf, ctx.recipe.predict.crf_backend)
+        else:
+            label = probs.argmax(0).cpu().numpy()
+        write_label_png(folder / f"{ds.names[i]}.png", label.astype(np.uint8))
+    return len(todo)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
     folder = ctx.paths.prediction_dir
     out: dict[str, Any] = {}
     model = None
     for split in _splits(ctx):
         ds = ctx.dataset(split)
-        todo = [i for i in ctx.my_indices(len(ds)) if not (folder / f"{ds.names[i]}.png").is_file()]
-        if todo and model is None:
+        if model is None:
             model = load_trained_seg(ctx, ds.num_classes).to(ctx.device).eval()
-        for i in tqdm(todo, desc=f"{NAME} {split}", unit="img", disable=not ctx.dist.is_main):
-            image = read_image(ds.image_path(i))
-            x = normalise_image(torch.as_tensor(image).permute(2, 0, 1))
-            with torch.no_grad():
-                probs = predict_probs(model, x, num_classes=ds.num_classes, device=ctx.device, **kwargs)
-            if crf is not None:
-                label = postprocess_crf(image, probs.cpu(), crf, ctx.recipe.predict.crf_backend)
-            else:
-                label = probs.argmax(0).cpu().numpy()
-            write_label_png(folder / f"{ds.names[i]}.png", label.astype(np.uint8))
-        out[split] = {"written": len(todo)}
+        out[split] = {"written": predict_split(ctx, model, ds, folder, f"{NAME} {split}")}
     barrier()
     if ctx.dist.is_main:
         for split in _splits(ctx):

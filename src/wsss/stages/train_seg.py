@@ -42,9 +42,10 @@ def build_seg_model(ctx: StageContext, num_classes: int, *, pretrained: bool = T
     )
 
 
-def load_trained_seg(ctx: StageContext, num_classes: int) -> nn.Module:
+def load_trained_seg(ctx: StageContext, num_classes: int, weights: Path | None = None) -> nn.Module:
+    """The segmentation model with exported weights (default: this run's ``train-seg``)."""
     model = build_seg_model(ctx, num_classes, pretrained=False)
-    load_weights(ctx.paths.seg_weights, model)
+    load_weights(weights or ctx.paths.seg_weights, model)
     return model
 
 
@@ -59,12 +60,18 @@ def label_source(ctx: StageContext) -> Path | None:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    return train_segmentation(ctx, label_source(ctx), ctx.paths.seg_state, ctx.paths.seg_weights, NAME)
+
+
+def train_segmentation(
+    ctx: StageContext, source: Path | None, state_path: Path, weights_path: Path, name: str
+) -> dict[str, Any]:
+    """Train a fresh segmentation model on ``source`` (None: ground truth); export it to ``weights_path``."""
     r, s = ctx.recipe, ctx.recipe.segmentation
     seed_everything(r.seed)
     transform = train_transform(
         resize_long=None, scale=s.scale, crop_size=s.crop_size, flip=s.flip, color_jitter=s.color_jitter
     )
-    source = label_source(ctx)
     if source is None:
         ds: Any = ctx.dataset(r.data.train_split, with_masks=True, transform=transform)
     else:
@@ -81,17 +88,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
             return deep_supervision_loss(loss_fn, out.logits, y, out.aux, aux_weight)
         return loss_fn(net(x), y)
 
-    metrics = train_loop(
-        ctx, name=NAME, model=model, dataset=ds, cfg=s, step_fn=step, state_path=ctx.paths.seg_state
-    )
+    metrics = train_loop(ctx, name=name, model=model, dataset=ds, cfg=s, step_fn=step, state_path=state_path)
     metrics["labels"] = "ground truth" if source is None else str(source)
     metrics["init"] = getattr(model, "init_source", s.init)
     if ctx.dist.is_main:
         export_weights(
-            ctx.paths.seg_weights,
+            weights_path,
             model,
             {
-                "stage": NAME,
+                "stage": name,
                 "model": s.model,
                 "backbone": s.backbone,
                 "classes": list(ds.class_names),

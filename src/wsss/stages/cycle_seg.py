@@ -1,0 +1,50 @@
+"""Stage ``cycle-seg``: PMM's cyclic pseudo-mask round.
+
+The round-1 segmentation model (``train-seg``, its last checkpoint) predicts the training images
+with the recipe's test protocol (multi-scale + flip, + CRF); a fresh model is trained on those
+masks; the prediction splits are predicted and scored with it. Everything lives under
+``cycle/`` so round 1 stays inspectable. Only the last checkpoint is used: choosing one by
+val mIoU would select on val ground truth, which this stage does not do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wsss.engine import barrier
+from wsss.stages.context import StageContext
+from wsss.stages.predict import predict_split
+from wsss.stages.scoring import score_label_folder
+from wsss.stages.train_seg import load_trained_seg, train_segmentation
+
+NAME = "cycle-seg"
+
+
+def _splits(ctx: StageContext) -> list[str]:
+    return list(dict.fromkeys(ctx.recipe.predict.splits))
+
+
+def is_complete(ctx: StageContext) -> bool:
+    return all((ctx.paths.eval_dir / f"seg_cycle_{s}.json").is_file() for s in _splits(ctx))
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    r, root = ctx.recipe, ctx.paths.cycle_dir
+    labels, weights = root / "labels", root / "train-seg" / "model.safetensors"
+    train = ctx.dataset(r.data.train_split)
+    round1 = load_trained_seg(ctx, train.num_classes).to(ctx.device).eval()
+    written = predict_split(ctx, round1, train, labels, f"{NAME} round-1 masks")
+    barrier()
+    out: dict[str, Any] = {"round1_masks_written": written}
+    if not weights.is_file():
+        out["train"] = train_segmentation(ctx, labels, root / "train-seg" / "state.pt", weights, NAME)
+    barrier()
+    model = load_trained_seg(ctx, train.num_classes, weights).to(ctx.device).eval()
+    for split in _splits(ctx):
+        ds = ctx.dataset(split)
+        predict_split(ctx, model, ds, root / "predictions", f"{NAME} {split}")
+    barrier()
+    if ctx.dist.is_main:
+        for split in _splits(ctx):
+            out[split] = score_label_folder(ctx, root / "predictions", f"seg_cycle_{split}", split)
+    return out
