@@ -40,6 +40,7 @@ class TrainerConfig:
     momentum: float = 0.9  # SGD only; compat: authors_code puts weight_decay here (legacy PolyOptimizer)
     head_lr_mult: float = 1.0  # lr multiplier of the model's new layers (IRN/PSA: 10); 1 = one group
     amp: Literal["none", "bf16", "fp16"] = "none"
+    sync_bn: bool = False  # DDP on GPUs: SyncBatchNorm across processes (segmentation at small per-GPU batch)
     num_workers: int = 2
     log_every: int = 20  # optimizer steps between TensorBoard scalars
 

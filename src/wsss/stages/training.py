@@ -107,7 +107,7 @@ def train_loop(
         )
         start_epoch, step = int(meta["epoch"]), int(meta["step"])
         ctx.logger.info("%s: resuming from %s at epoch %d", name, state_path, start_epoch)
-    net = wrap_ddp(model, dist)
+    net = wrap_ddp(model, dist, sync_bn=cfg.sync_bn and dist.world_size > 1)
     writer = ScalarWriter(ctx.run_dir)
     t0, seen = time.time(), 0
     last: dict[str, float] = {}
