@@ -73,3 +73,39 @@ def test_cycle_round_trains_on_round_one_predictions(synth_root: Path, tmp_path:
     assert saved["evaluated_on"] == "val" and cycle["val"]["miou"] == saved["miou"]
     # round-1 masks are the round-1 model's predictions: no uncertain pixels, only known classes
     assert all(read_label_png(p).max() <= 3 for p in round1)
+
+
+def test_select_by_val_is_opt_in_and_labelled(synth_root: Path, tmp_path: Path) -> None:
+    recipe = load_recipe(
+        "synth/bnr-nano",
+        [
+            f"data.root={synth_root}",
+            "stages=[train-seg,predict,cycle-seg]",
+            "segmentation.labels=gt",
+            "segmentation.select_by_val=true",
+            *TINY,
+        ],
+    )
+    run = tmp_path / "val"
+    record = run_pipeline(recipe, run, device="cpu")
+    chosen = record["stages"]["train-seg"]["metrics"]["selected_by_val"]
+    assert chosen["label"] == "checkpoint chosen by val mIoU (uses val ground truth)"
+    assert 1 <= chosen["epoch"] <= 2 and 0.0 <= chosen["miou"] <= 1.0
+    assert (run / "train-seg" / "model_best_val.safetensors").is_file()
+    assert record["stages"]["cycle-seg"]["metrics"]["round1_checkpoint"] == chosen["label"]
+    # without the opt-in the cyclic round reads the last checkpoint
+    plain = run_pipeline(
+        load_recipe(
+            "synth/bnr-nano",
+            [
+                f"data.root={synth_root}",
+                "stages=[train-seg,predict,cycle-seg]",
+                "segmentation.labels=gt",
+                *TINY,
+            ],
+        ),
+        tmp_path / "last",
+        device="cpu",
+    )
+    assert plain["stages"]["cycle-seg"]["metrics"]["round1_checkpoint"] == "last"
+    assert not (tmp_path / "last" / "train-seg" / "model_best_val.safetensors").exists()

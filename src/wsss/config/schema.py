@@ -162,6 +162,10 @@ class SegConfig(TrainerConfig):
     crop_size: int = 448
     flip: bool = True
     color_jitter: tuple[float, float, float, float] | None = None
+    # Opt-in: after every epoch score the val split (single scale) and keep the best weights too.
+    # That checkpoint is chosen on val ground truth and is reported as such; the cyclic round
+    # uses it instead of the last checkpoint only when this is on.
+    select_by_val: bool = False
 
 
 @dataclass

@@ -3,8 +3,9 @@
 The round-1 segmentation model (``train-seg``, its last checkpoint) predicts the training images
 with the recipe's test protocol (multi-scale + flip, + CRF); a fresh model is trained on those
 masks; the prediction splits are predicted and scored with it. Everything lives under
-``cycle/`` so round 1 stays inspectable. Only the last checkpoint is used: choosing one by
-val mIoU would select on val ground truth, which this stage does not do.
+``cycle/`` so round 1 stays inspectable. Round 1's last checkpoint is used unless
+``segmentation.select_by_val`` is on — then its best-val checkpoint, reported as chosen on val
+ground truth.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from wsss.engine import barrier
 from wsss.stages.context import StageContext
 from wsss.stages.predict import predict_split
 from wsss.stages.scoring import score_label_folder
-from wsss.stages.train_seg import load_trained_seg, train_segmentation
+from wsss.stages.train_seg import VAL_LABEL, best_val_weights, load_trained_seg, train_segmentation
 
 NAME = "cycle-seg"
 
@@ -32,10 +33,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     r, root = ctx.recipe, ctx.paths.cycle_dir
     labels, weights = root / "labels", root / "train-seg" / "model.safetensors"
     train = ctx.dataset(r.data.train_split)
-    round1 = load_trained_seg(ctx, train.num_classes).to(ctx.device).eval()
+    round1_weights = ctx.paths.seg_weights
+    if r.segmentation.select_by_val:  # explicit opt-in, reported as using val ground truth
+        round1_weights = best_val_weights(round1_weights)
+    round1 = load_trained_seg(ctx, train.num_classes, round1_weights).to(ctx.device).eval()
     written = predict_split(ctx, round1, train, labels, f"{NAME} round-1 masks")
     barrier()
-    out: dict[str, Any] = {"round1_masks_written": written}
+    out: dict[str, Any] = {
+        "round1_masks_written": written,
+        "round1_checkpoint": VAL_LABEL if r.segmentation.select_by_val else "last",
+    }
     if not weights.is_file():
         out["train"] = train_segmentation(ctx, labels, root / "train-seg" / "state.pt", weights, NAME)
     barrier()

@@ -8,17 +8,25 @@ The loop (poly SGD with DeepLab parameter groups, exact resume, DDP, AMP) is ``s
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from wsss.cams.inference import normalise_image
 from wsss.data.pseudo import PseudoLabelDataset
 from wsss.data.transforms import train_transform
 from wsss.engine import export_weights, load_weights, seed_everything
+from wsss.errors import ConfigError
+from wsss.eval.confusion import ConfusionMatrix
+from wsss.eval.metrics import scores
+from wsss.files import write_json
 from wsss.losses.seg import deep_supervision_loss
 from wsss.registry import LOSSES, SEG_MODELS
+from wsss.seg.inference import predict_probs
 from wsss.stages.context import StageContext
 from wsss.stages.training import train_loop
 
@@ -59,6 +67,49 @@ def label_source(ctx: StageContext) -> Path | None:
     return Path(choice)
 
 
+VAL_LABEL = "checkpoint chosen by val mIoU (uses val ground truth)"
+
+
+def best_val_weights(weights_path: Path) -> Path:
+    return weights_path.with_name(weights_path.stem + "_best_val.safetensors")
+
+
+def best_val_record(weights_path: Path) -> Path:
+    return weights_path.with_name(weights_path.stem + "_best_val.json")
+
+
+def _val_selector(
+    ctx: StageContext, model: nn.Module, weights_path: Path, name: str
+) -> Callable[[int], None]:
+    """Epoch-end hook: single-scale val mIoU; export the weights when they beat the best so far."""
+    split = ctx.recipe.data.val_split
+    gt = ctx.gt_dataset(split)
+    if gt is None:
+        raise ConfigError(f"segmentation.select_by_val needs ground truth for the val split '{split}'")
+    record = best_val_record(weights_path)
+
+    def on_epoch_end(epoch: int) -> None:
+        model.eval()
+        matrix = ConfusionMatrix(gt.num_classes)
+        with torch.no_grad():
+            for i in range(len(gt)):
+                item = gt[i]
+                x = normalise_image(item["image"])
+                probs = predict_probs(model, x, num_classes=gt.num_classes, device=ctx.device)
+                matrix.update(probs.argmax(0).cpu(), item["mask"])
+        model.train()
+        miou = scores(matrix.matrix, gt.class_names, ctx.recipe.evaluate.mean)["miou"]
+        best = json.loads(record.read_text()) if record.is_file() else None
+        ctx.logger.info("%s epoch %d: val mIoU %.4f (%s)", name, epoch, miou, VAL_LABEL)
+        if best is None or miou > best["miou"]:
+            export_weights(
+                best_val_weights(weights_path), model, {"stage": name, "epoch": epoch, "label": VAL_LABEL}
+            )
+            write_json(record, {"epoch": epoch, "miou": miou, "split": split, "label": VAL_LABEL})
+
+    return on_epoch_end
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     return train_segmentation(ctx, label_source(ctx), ctx.paths.seg_state, ctx.paths.seg_weights, NAME)
 
@@ -88,7 +139,19 @@ def train_segmentation(
             return deep_supervision_loss(loss_fn, out.logits, y, out.aux, aux_weight)
         return loss_fn(net(x), y)
 
-    metrics = train_loop(ctx, name=name, model=model, dataset=ds, cfg=s, step_fn=step, state_path=state_path)
+    on_epoch_end = _val_selector(ctx, model, weights_path, name) if s.select_by_val else None
+    metrics = train_loop(
+        ctx,
+        name=name,
+        model=model,
+        dataset=ds,
+        cfg=s,
+        step_fn=step,
+        state_path=state_path,
+        on_epoch_end=on_epoch_end,
+    )
+    if s.select_by_val:
+        metrics["selected_by_val"] = json.loads(best_val_record(weights_path).read_text())
     metrics["labels"] = "ground truth" if source is None else str(source)
     metrics["init"] = getattr(model, "init_source", s.init)
     if ctx.dist.is_main:

@@ -23,6 +23,7 @@ from wsss.config.schema import TrainerConfig
 from wsss.engine import (
     ScalarWriter,
     autocast,
+    barrier,
     epoch_generator,
     load_training_state,
     make_grad_scaler,
@@ -88,8 +89,13 @@ def train_loop(
     cfg: TrainerConfig,
     step_fn: StepFn,
     state_path: Path,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` for ``cfg.epochs`` (resuming from ``state_path``); return measured numbers."""
+    """Train ``model`` for ``cfg.epochs`` (resuming from ``state_path``); return measured numbers.
+
+    ``on_epoch_end(epoch)`` runs on the main process after each epoch's checkpoint is written
+    (e.g. validation), while the other processes wait.
+    """
     device, dist = ctx.device, ctx.dist
     drop_last = len(dataset) >= cfg.batch_size
     per_epoch = len(dataset) // cfg.batch_size if drop_last else 1
@@ -154,6 +160,9 @@ def train_loop(
                 epoch=epoch + 1,
                 step=step,
             )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+        barrier()
     writer.close()
     elapsed = time.time() - t0
     return {
