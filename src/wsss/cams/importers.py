@@ -45,7 +45,7 @@ def _load_pickled_dict(path: str | os.PathLike, trust: bool, fmt: str) -> dict[A
     if not path.is_file():
         raise DataError(f"CAM dump not found: {path}")
     try:
-        obj = np.load(path, allow_pickle=True)
+        obj = np.load(path, allow_pickle=True)  # only reached with trust=True (--trust-pickle)
     except (OSError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path} could not be read as a pickled .npy ({exc})") from exc
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0:

@@ -45,7 +45,7 @@ def load_checkpoint_file(path: str | Path, *, trust_pickle: bool = False) -> dic
 
             obj: object = load_file(str(path), device="cpu")
         elif trust_pickle:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+            obj = torch.load(path, map_location="cpu", weights_only=False)  # explicit trust_pickle=True
         else:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -133,6 +133,15 @@ def freeze_affine(*modules: nn.Module) -> None:
                 m.requires_grad_(False)
 
 
+def backbone_bn_defaults(freeze_bn: object, train_bn_affine: object, where: str) -> dict[str, Any]:
+    """The backbone keywords every segmentation builder sets: nothing frozen, BN as asked."""
+    return {
+        "frozen_stages": -1,
+        "freeze_bn": check_bool(freeze_bn, "freeze_bn", where),
+        "freeze_bn_affine": not check_bool(train_bn_affine, "train_bn_affine", where),
+    }
+
+
 def build_seg_backbone(
     name: str,
     *,

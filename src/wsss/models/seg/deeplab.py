@@ -47,6 +47,7 @@ from wsss.models.backbones.base import Backbone
 from wsss.models.seg.base import (
     IMAGENET,
     SegmentationModel,
+    backbone_bn_defaults,
     build_seg_backbone,
     check_bool,
     finish_init,
@@ -258,11 +259,7 @@ def build_deeplab_largefov(
         where=where,
         pretrained=weights,
         output_stride=output_stride,
-        defaults={
-            "frozen_stages": -1,
-            "freeze_bn": check_bool(freeze_bn, "freeze_bn", where),
-            "freeze_bn_affine": not train_affine,
-        },
+        defaults=backbone_bn_defaults(freeze_bn, train_bn_affine, where),
         backbone_args=backbone_args,
     )
     set_bn_momentum(net, bn_momentum)
@@ -305,11 +302,7 @@ def build_deeplab_v2(
         where=where,
         pretrained=weights,
         output_stride=output_stride,
-        defaults={
-            "frozen_stages": -1,
-            "freeze_bn": check_bool(freeze_bn, "freeze_bn", where),
-            "freeze_bn_affine": not check_bool(train_bn_affine, "train_bn_affine", where),
-        },
+        defaults=backbone_bn_defaults(freeze_bn, train_bn_affine, where),
         backbone_args=backbone_args,
     )
     model = DeepLabV2(net, num_classes, feature_level=feature_level, rates=rates)
@@ -345,12 +338,7 @@ def build_deeplab_v3_lite(
         where=where,
         pretrained=weights,
         output_stride=output_stride,
-        defaults={
-            "frozen_stages": -1,
-            "freeze_bn": check_bool(freeze_bn, "freeze_bn", where),
-            "freeze_bn_affine": not train_affine,
-            "last_conv": False,
-        },
+        defaults={**backbone_bn_defaults(freeze_bn, train_bn_affine, where), "last_conv": False},
         backbone_args=backbone_args,
     )
     model = DeepLabV3Lite(

@@ -38,6 +38,7 @@ from wsss.models.backbones.base import Backbone
 from wsss.models.seg.base import (
     IMAGENET,
     SegmentationModel,
+    backbone_bn_defaults,
     build_seg_backbone,
     check_bool,
     finish_init,
@@ -199,11 +200,7 @@ def build_pspnet(
         where=where,
         pretrained=weights,
         output_stride=output_stride,
-        defaults={
-            "frozen_stages": -1,
-            "freeze_bn": check_bool(freeze_bn, "freeze_bn", where),
-            "freeze_bn_affine": not train_affine,
-        },
+        defaults=backbone_bn_defaults(freeze_bn, train_bn_affine, where),
         backbone_args=backbone_args,
     )
     model = PSPNet(
