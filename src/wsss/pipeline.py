@@ -22,7 +22,7 @@ import wsss
 from wsss.config import Recipe, save_recipe, to_dict
 from wsss.engine import barrier, init_distributed, resolve_device, setup_run_logging
 from wsss.errors import ConfigError
-from wsss.files import write_json
+from wsss.files import remove_stale_temp_files, write_json
 from wsss.registry import (
     AFFINITY_MODELS,
     BACKBONES,
@@ -32,6 +32,7 @@ from wsss.registry import (
     METHODS,
     suggest,
 )
+from wsss.report import write_report
 from wsss.stages import (
     cycle_seg,
     eval_cams,
@@ -145,6 +146,9 @@ def run_pipeline(
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_recipe(run_dir, recipe)
     logger = setup_run_logging(run_dir, "pipeline")
+    if dist.world_size == 1 and shard is None:  # sole writer: leftovers of a killed run can go
+        for path in remove_stale_temp_files(run_dir):
+            logger.info("removed %s, a partial file left by an interrupted run", path)
     record_path = run_dir / "run.json"
     record: dict[str, Any] = json.loads(record_path.read_text()) if record_path.is_file() else {}
     record.update(
@@ -157,6 +161,7 @@ def run_pipeline(
                 "python": platform.python_version(),
             },
             "git_commit": _git_commit(),
+            "cwd": str(Path.cwd()),  # relative paths in the recipe are relative to this
             "device": str(dev),
             "world_size": dist.world_size,
         }
@@ -183,4 +188,6 @@ def run_pipeline(
             break
     if dist.is_main:
         write_json(record_path, record)
+        report = write_report(run_dir)
+        logger.info("report: %s", report)
     return record

@@ -21,6 +21,7 @@ from wsss.stages import make_cams, train_cls
 from wsss.stages.context import StageContext
 
 TINY = [
+    "stages=[train-cls, make-cams, eval-cams, make-labels]",
     "classifier.epochs=2",
     "classifier.batch_size=8",
     "classifier.num_workers=0",

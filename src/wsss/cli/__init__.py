@@ -14,7 +14,7 @@ from wsss import __version__
 from wsss.errors import WsssError
 
 # Command modules, in the order their commands appear in ``wsss --help``.
-_COMMAND_MODULES = ("wsss.cli.pipeline", "wsss.cli.data", "wsss.cli.evaluate")
+_COMMAND_MODULES = ("wsss.cli.pipeline", "wsss.cli.data", "wsss.cli.evaluate", "wsss.cli.report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,9 +70,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     record = run_pipeline(recipe, out, stages=stages, device=args.device, shard=_parse_shard(args.shard))
     if not _is_main():
         return 0
+    from wsss.report import REPORT_NAME, collect_results, format_results_table
+
     print(f"run directory: {out}")
     for name, info in record.get("stages", {}).items():
         print(f"  {name:12s} {info['seconds']:8.1f} s")
+    results = collect_results(record)
+    if results:
+        print(format_results_table(results))
+    print(f"report: {out / REPORT_NAME}")
     return 0
 
 
@@ -92,17 +98,28 @@ def _stage_command(stage: str):
 def cmd_demo(args: argparse.Namespace) -> int:
     from wsss.demo import run_demo
 
-    run_demo(out=args.out, device=args.device, quick=args.quick, overrides=args.overrides)
+    run_demo(
+        out=args.out,
+        device=args.device,
+        quick=args.quick,
+        overrides=args.overrides,
+        with_upper_bound=args.with_upper_bound,
+    )
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="generate the embedded dataset and run the BNR pipeline on it (CPU, minutes)"
+        "demo", help="generate the embedded dataset and run the whole BNR pipeline on it (CPU, 5 minutes)"
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--quick", action="store_true", help="tiny dataset and one epoch (smoke test)")
+    p.add_argument(
+        "--with-upper-bound",
+        action="store_true",
+        help="also train the segmentation model on ground truth (the fully supervised upper bound)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",

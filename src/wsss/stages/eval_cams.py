@@ -3,6 +3,8 @@
 On the recipe's seed-evaluation split the best threshold is the *oracle* (chosen on that split's
 own ground truth, as papers report). A GT-free number is also given: the threshold picked on
 the seed-evaluation split (or ``evaluate.fixed_threshold``) applied to every other CAM split.
+A split that cannot be scored (no ground truth, e.g. a user's folder of tagged images; missing CAM
+files) is listed under ``not_scored`` with the reason, so the record says why no number is there.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     thresholds = _thresholds(ctx)
     folder = ctx.paths.cam_dir
     results: dict[str, Any] = {}
+    not_scored: dict[str, str] = {}
     chosen = r.evaluate.fixed_threshold
     chosen_from = "evaluate.fixed_threshold" if chosen is not None else None
     for split in dict.fromkeys([r.data.seed_eval_split, *ctx.map_splits]):
         ds = ctx.gt_dataset(split)
         if ds is None:
+            not_scored[split] = "no ground-truth masks"
             continue
         missing = [n for n in ds.names if not cam_file_complete(folder / f"{n}.npz")]
         if missing:
@@ -50,6 +54,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 split,
                 missing[0],
             )
+            not_scored[split] = f"{len(missing)} images have no CAM file"
             continue
         res = evaluate_cam_dir(
             folder,
@@ -64,6 +69,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         )
         sweep = res["sweep"]
         if sweep["best"] is None:
+            not_scored[split] = "the threshold sweep found no scorable pixels"
             continue
         if chosen is None:  # GT-free threshold for every other split: this split's best
             chosen = float(sweep["best"]["threshold"])
@@ -93,6 +99,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             }
             for s, res in results.items()
         },
+        "not_scored": not_scored,
     }
     write_json(ctx.paths.eval_dir / "cams.json", {"summary": summary, "details": results})
     return summary

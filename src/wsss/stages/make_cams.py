@@ -3,6 +3,12 @@
 A sharded, resumable map: each process handles its share of the images (DDP rank or
 ``--shard i/n``), skips images whose CAM file is already complete, and writes every file
 atomically — killing it at any moment and re-running finishes the job without redoing work.
+
+Images are batched in fixed groups of ``cams.batch_images`` (the process's images in order),
+the same groups on every run: CPU kernels pick their blocking by batch size, so an image batched
+with other neighbours can come out one float16 step different. A group interrupted half-way is
+computed again as a whole and only its missing files are written, so a resumed run writes
+exactly the files an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -30,8 +36,17 @@ def is_complete(ctx: StageContext) -> bool:
     return all_written(ctx, ctx.paths.cam_dir, ".npz", cam_file_complete)
 
 
-def write_cams(ctx: StageContext, model: torch.nn.Module, items: list[dict[str, Any]], folder: Path) -> None:
-    """Multi-scale + flip CAMs of some dataset items, normalised and saved one file each."""
+def write_cams(
+    ctx: StageContext,
+    model: torch.nn.Module,
+    items: list[dict[str, Any]],
+    folder: Path,
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Multi-scale + flip CAMs of some dataset items, normalised and saved one file each.
+
+    All items are computed as one batch; items named in ``skip`` (already written) are not saved.
+    """
     cfg = ctx.recipe.cams
     sums = multiscale_cams(
         partial(get_extractor(cfg.extractor), model),
@@ -46,6 +61,8 @@ def write_cams(ctx: StageContext, model: torch.nn.Module, items: list[dict[str, 
         device=ctx.device,
     )
     for it, cam in zip(items, sums):
+        if it["name"] in skip:
+            continue
         keys = torch.nonzero(it["labels"] > 0.5).flatten()
         cams = NORMALISERS[cfg.norm](cam[keys]) if len(keys) else cam[keys]
         save_cam(
@@ -58,22 +75,38 @@ def write_cams(ctx: StageContext, model: torch.nn.Module, items: list[dict[str, 
         )
 
 
+def _never_done(path: Path) -> bool:
+    return False
+
+
+def fixed_batches(ctx: StageContext) -> list[list[tuple[Any, int]]]:
+    """This process's (dataset, index) pairs in groups of ``cams.batch_images``, in a fixed order
+    that does not depend on which files already exist."""
+    mine = pending(ctx, ctx.paths.cam_dir, ".npz", _never_done)
+    size = ctx.recipe.cams.batch_images
+    return [mine[start : start + size] for start in range(0, len(mine), size)]
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
-    cfg = ctx.recipe.cams
     folder = ctx.paths.cam_dir
-    todo = pending(ctx, folder, ".npz", cam_file_complete)
+    batches = []  # (batch, names already written)
+    for batch in fixed_batches(ctx):
+        done = {ds.names[i] for ds, i in batch if cam_file_complete(folder / f"{ds.names[i]}.npz")}
+        if len(done) < len(batch):
+            batches.append((batch, done))
+    todo = sum(len(batch) - len(done) for batch, done in batches)
     t0 = time.time()
-    if todo:
-        model = load_trained_classifier(ctx, todo[0][0].num_classes).to(ctx.device).eval()
-        bar = tqdm(total=len(todo), desc=NAME, unit="img", disable=not ctx.dist.is_main)
-        for start in range(0, len(todo), cfg.batch_images):
-            chunk = todo[start : start + cfg.batch_images]
-            write_cams(ctx, model, [ds[i] for ds, i in chunk], folder)
-            bar.update(len(chunk))
+    if batches:
+        num_classes = ctx.dataset(ctx.map_splits[0]).num_classes
+        model = load_trained_classifier(ctx, num_classes).to(ctx.device).eval()
+        bar = tqdm(total=todo, desc=NAME, unit="img", disable=not ctx.dist.is_main)
+        for batch, done in batches:
+            write_cams(ctx, model, [ds[i] for ds, i in batch], folder, skip=done)
+            bar.update(len(batch) - len(done))
         bar.close()
     dt = time.time() - t0
     return {
-        "written": len(todo),
+        "written": todo,
         "seconds": round(dt, 1),
-        "s_per_image": round(dt / len(todo), 4) if todo else None,
+        "s_per_image": round(dt / todo, 4) if todo else None,
     }

@@ -20,10 +20,11 @@ def score_label_folder(
     ctx: StageContext, folder: Path, name: str, split: str | None = None
 ) -> dict[str, Any]:
     """mIoU and per-class IoU of ``folder`` on ``split`` (default: the seed-evaluation split);
-    {} when the split has no ground truth or ``folder`` lacks some of its images."""
+    ``{"not_scored": reason}`` when the split has no ground truth or ``folder`` lacks some of its
+    images, so the run record says why there is no number rather than showing a made-up one."""
     split = split or ctx.recipe.data.seed_eval_split
     ds = ctx.gt_dataset(split)
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"not_scored": f"split '{split}' has no ground-truth masks"}
     scores: dict[str, Any] = {}
     if ds is not None:
         missing = [n for n in ds.names if not (folder / f"{n}.png").is_file()]
@@ -36,6 +37,7 @@ def score_label_folder(
                 folder,
                 missing[0],
             )
+            summary = {"not_scored": f"{len(missing)} images of split '{split}' have no label in {folder}"}
         else:
             scores = evaluate_label_dir(
                 folder,

@@ -1,0 +1,88 @@
+"""The measured numbers of a run, read from its ``run.json``, in one flat list.
+
+Both the demo's printed table and the HTML report show these; keeping the reading in one place
+means the two can never disagree about what a stage measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Result:
+    """One scored output: what was measured, by which stage, on which split."""
+
+    what: str
+    stage: str
+    split: str
+    miou: float
+    per_class: dict[str, float] = field(default_factory=dict)
+
+
+def _labelled(stage: str, metrics: dict[str, Any], what: str) -> list[Result]:
+    """Results of a stage whose metrics hold ``miou`` either at the top or under a split key."""
+    found = []
+    candidates = [metrics] + [v for v in metrics.values() if isinstance(v, dict)]
+    for m in candidates:
+        if isinstance(m.get("miou"), (int, float)):
+            split = str(m.get("evaluated_on", ""))
+            found.append(Result(what, stage, split, float(m["miou"]), dict(m.get("per_class_iou") or {})))
+    return found
+
+
+def _cam_results(metrics: dict[str, Any]) -> list[Result]:
+    out = []
+    chosen, chosen_from = metrics.get("chosen_threshold"), metrics.get("chosen_from")
+    for split, s in metrics.get("splits", {}).items():
+        if s.get("miou_at_chosen") is None:
+            out.append(
+                Result(
+                    f"CAM seeds, oracle threshold {s['oracle_threshold']:.2f}",
+                    "eval-cams",
+                    split,
+                    s["oracle_miou"],
+                )
+            )
+            continue
+        out.append(
+            Result(
+                f"CAM seeds, threshold {chosen:.2f} ({chosen_from})",
+                "eval-cams",
+                split,
+                float(s["miou_at_chosen"]),
+                dict(s.get("per_class_iou_at_chosen") or {}),
+            )
+        )
+    return out
+
+
+# stage -> what its scored output is called in tables
+_OUTPUT_NAMES = {
+    "make-labels": "pseudo-labels (make-labels)",
+    "random-walk": "pseudo-masks (random walk)",
+    "predict": "segmentation prediction",
+    "cycle-seg": "segmentation prediction, cyclic round",
+    "upper-bound": "fully supervised upper bound (trained on GT)",
+}
+
+
+def collect_results(record: dict[str, Any]) -> list[Result]:
+    """Every scored output of a run record, in stage order."""
+    results: list[Result] = []
+    for stage, info in record.get("stages", {}).items():
+        metrics = info.get("metrics") or {}
+        if stage == "eval-cams":
+            results += _cam_results(metrics)
+        elif stage in _OUTPUT_NAMES:
+            results += _labelled(stage, metrics, _OUTPUT_NAMES[stage])
+    return results
+
+
+def format_results_table(results: list[Result]) -> str:
+    """A plain-text table (what | split | mIoU %) for the terminal."""
+    width = max([len(r.what) for r in results] + [10])
+    lines = [f"{'result':{width}s}  {'split':6s}  mIoU %"]
+    lines += [f"{r.what:{width}s}  {r.split:6s}  {100 * r.miou:6.1f}" for r in results]
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""The report: per-image scores, ranking, the results table and the self-contained page."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsss.cli import main
+from wsss.errors import DataError
+from wsss.report import collect_results, format_results_table, render_report, write_report
+from wsss.report.gallery import colour_labels, per_image_miou
+
+
+def test_per_image_miou_hand_computed() -> None:
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [255, 255, 255, 255]], np.uint8)
+    pred = np.array([[0, 1, 1, 1], [0, 0, 1, 2], [2, 2, 2, 2]], np.uint8)
+    # row 3 is ignored. background: inter 3, union 4; class 1: inter 3, union 5 (the stray pixel
+    # at (0, 1) counts); class 2, predicted only: 0 / 1
+    assert per_image_miou(pred, gt) == pytest.approx((0.75 + 0.6 + 0.0) / 3)
+    assert per_image_miou(gt, gt) == 1.0
+    assert per_image_miou(pred, np.full_like(gt, 255)) is None  # nothing to score
+
+
+def test_colour_labels_uses_the_voc_palette_and_white_for_ignore() -> None:
+    rgb = colour_labels(np.array([[0, 1, 2, 255]], np.uint8))
+    assert rgb.tolist() == [[[0, 0, 0], [128, 0, 0], [0, 128, 0], [255, 255, 255]]]
+
+
+def test_collect_results_reads_every_scored_stage() -> None:
+    record = {
+        "stages": {
+            "train-cls": {"seconds": 3.0, "metrics": {}},
+            "eval-cams": {
+                "seconds": 1.0,
+                "metrics": {
+                    "chosen_threshold": 0.4,
+                    "chosen_from": "best on train",
+                    "splits": {
+                        "train": {"oracle_miou": 0.5, "oracle_threshold": 0.4, "miou_at_chosen": 0.5},
+                        "val": {"oracle_miou": 0.45, "oracle_threshold": 0.35, "miou_at_chosen": 0.42},
+                    },
+                },
+            },
+            "make-labels": {
+                "seconds": 1.0,
+                "metrics": {"train": {"written": 3}, "miou": 0.6, "evaluated_on": "train"},
+            },
+            "predict": {
+                "seconds": 1.0,
+                "metrics": {"val": {"written": 2, "miou": 0.7, "evaluated_on": "val"}},
+            },
+            "upper-bound": {"seconds": 1.0, "metrics": {"val": {"miou": 0.9, "evaluated_on": "val"}}},
+        }
+    }
+    got = [(r.stage, r.split, r.miou) for r in collect_results(record)]
+    assert got == [
+        ("eval-cams", "train", 0.5),
+        ("eval-cams", "val", 0.42),
+        ("make-labels", "train", 0.6),
+        ("predict", "val", 0.7),
+        ("upper-bound", "val", 0.9),
+    ]
+    table = format_results_table(collect_results(record))
+    assert re.search(r"segmentation prediction\s+val\s+70\.0", table)
+    assert re.search(r"upper bound.*val\s+90\.0", table)
+
+
+def _images(page: str) -> list[Image.Image]:
+    return [
+        Image.open(io.BytesIO(base64.b64decode(b)))
+        for b in re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    ]
+
+
+def _grid_names(page: str, grid: str) -> list[str]:
+    table = re.search(rf'<table class="grid" id="{grid}">(.*?)</table>', page, re.S)
+    assert table, f"no {grid} grid"
+    return re.findall(r'<td class="cap">(\w+)<br>', table.group(1))
+
+
+def test_report_ranks_images_and_embeds_every_picture(run_dir: Path) -> None:
+    page = render_report(run_dir, n_sample=4, n_extreme=4)
+    assert _grid_names(page, "best") == ["b", "a"]  # both perfect (1.0)
+    assert _grid_names(page, "worst") == ["d", "c"]  # 0.371 (all background), 0.676 (half the object)
+    assert "prediction mIoU 37.1" in page and "prediction mIoU 67.6" in page
+    assert _grid_names(page, "sample") == ["a", "b", "c", "d"]
+    # the loss plot (this run has no threshold curve), then 5 pictures per row: 4 sample rows,
+    # 2 best, 2 worst (k = min(4, 4 scored // 2) so that best and worst never share an image)
+    pictures = _images(page)
+    assert len(pictures) == 1 + 5 * (4 + 2 + 2)
+    assert pictures[0].width > 200  # the loss curve
+    gt_of_a = pictures[2].convert("RGB")
+    assert gt_of_a.getpixel((16, 16)) == (128, 0, 0) and gt_of_a.getpixel((16, 0)) == (255, 255, 255)
+    # per-class table: one column per scored output, the mIoU row from the record
+    per_class = re.search(r'<table id="per-class">(.*?)</table>', page, re.S).group(1)
+    assert re.search(r"<td class=\"l\">dog</td><td>–</td><td>37\.5</td>", per_class)
+    assert re.search(r"<b>mIoU</b></td><td><b>50\.0</b></td><td><b>62\.5</b></td>", per_class)
+    assert "http://" not in page and "https://" not in page  # nothing fetched: readable offline
+
+
+def test_report_without_ground_truth_shows_a_sample_only(run_dir: Path) -> None:
+    for mask in (Path(load_root(run_dir)) / "masks").iterdir():
+        mask.unlink()
+    page = render_report(run_dir, n_sample=2)
+    assert _grid_names(page, "sample") == ["a", "d"]
+    assert 'id="best"' not in page and "has no ground truth" in page
+
+
+def load_root(run_dir: Path) -> str:
+    from wsss.config import load_recipe
+
+    return load_recipe(str(run_dir / "recipe.yaml")).data.root
+
+
+def test_report_command_writes_the_file(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(run_dir), "--sample", "1", "--extremes", "1"]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert str(run_dir / "report.html") in capsys.readouterr().out
+    assert _grid_names(page, "best") == ["b"] and _grid_names(page, "worst") == ["d"]
+
+
+def test_report_of_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(DataError, match=r"no run\.json"):
+        write_report(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a wsss run directory" in capsys.readouterr().err
