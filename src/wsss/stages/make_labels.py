@@ -9,19 +9,18 @@ seed-evaluation split are scored against its ground truth (used for measurement 
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from wsss.cams.files import load_cam
 from wsss.data.images import read_image
 from wsss.data.palette import write_label_png
 from wsss.engine import barrier
-from wsss.refine.mining import mine_labels_alpha, mine_labels_thresholds, threshold_labels_crf
 from wsss.refine.pool import parallel_map
-from wsss.refine.seeds import confident_labels, threshold_labels
+from wsss.registry import LABEL_GENERATORS
 from wsss.stages.context import StageContext
 from wsss.stages.scoring import all_written, pending, score_label_folder
 
@@ -35,32 +34,8 @@ def is_complete(ctx: StageContext) -> bool:
 def make_label(cfg: dict[str, Any], cam_path: Path, image_path: Path) -> np.ndarray:
     """One pseudo-label (HxW uint8) from one CAM file; ``cfg`` is a ``LabelConfig`` as a dict."""
     rec = load_cam(cam_path)
-    cams = rec.full_resolution()
-    keys = rec.keys.astype(np.int64)
-    crf, backend = cfg["crf"], cfg["crf_backend"]
-    if cfg["mode"] == "alpha":
-        return mine_labels_alpha(
-            read_image(image_path),
-            cams.numpy(),
-            keys,
-            cfg["alpha_fg"],
-            cfg["alpha_bg"],
-            crf=crf,
-            backend=backend,
-        )
-    if crf is None:
-        t_keys = torch.as_tensor(keys)
-        if cfg["mode"] == "threshold":
-            return threshold_labels(cams, t_keys, cfg["bg_threshold"]).numpy().astype(np.uint8)
-        return (
-            confident_labels(cams, t_keys, cfg["fg_threshold"], cfg["low_threshold"]).numpy().astype(np.uint8)
-        )
-    image = read_image(image_path)
-    if cfg["mode"] == "threshold":
-        return threshold_labels_crf(image, cams.numpy(), keys, cfg["bg_threshold"], crf=crf, backend=backend)
-    return mine_labels_thresholds(
-        image, cams.numpy(), keys, cfg["fg_threshold"], cfg["low_threshold"], crf=crf, backend=backend
-    )
+    generate = LABEL_GENERATORS.get(cfg["mode"], "labels.mode")
+    return generate(rec.full_resolution(), rec.keys.astype(np.int64), partial(read_image, image_path), cfg)
 
 
 def _write_one(job: tuple[dict[str, Any], Path, Path, Path]) -> None:

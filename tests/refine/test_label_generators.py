@@ -1,0 +1,52 @@
+"""labels.mode picks a generator from LABEL_GENERATORS; each one gives the hand-computed labels."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsss.config import LabelConfig, load_recipe
+from wsss.errors import ConfigError
+from wsss.pipeline import run_pipeline
+from wsss.registry import LABEL_GENERATORS
+
+# one class (id 3) over a 1x4 strip: scores 0.9, 0.5, 0.2, 0.0
+CAMS = torch.tensor([[[0.9, 0.5, 0.2, 0.0]]])
+KEYS = np.array([3])
+
+
+def _never_read() -> np.ndarray:
+    raise AssertionError("the image is only read for the CRF")
+
+
+def _cfg(**kw) -> dict:
+    return asdict(LabelConfig(**kw))
+
+
+def test_generators_by_name_without_crf() -> None:
+    threshold = LABEL_GENERATORS.get("threshold")(CAMS, KEYS, _never_read, _cfg(bg_threshold=0.3))
+    assert threshold.tolist() == [[3, 3, 0, 0]] and threshold.dtype == np.uint8
+    confident = LABEL_GENERATORS.get("confident")(
+        CAMS, KEYS, _never_read, _cfg(fg_threshold=0.6, low_threshold=0.25)
+    )
+    assert confident.tolist() == [[3, 255, 0, 0]]
+
+
+def test_alpha_generator_hand_computed() -> None:
+    image = np.zeros((1, 4, 3), np.uint8)
+    # background (1 - s)^alpha: alpha 1 -> 0.1, 0.5, 0.8, 1.0; alpha 4 -> 0.0001, 0.0625, 0.41, 1.0.
+    # la (alpha_fg 1): class where s > 1 - s, i.e. pixel 0 only; ha (alpha_bg 4): background where
+    # (1 - s)^4 >= s: pixels 2 and 3. So 3, uncertain, 0, 0.
+    got = LABEL_GENERATORS.get("alpha")(CAMS, KEYS, lambda: image, _cfg(alpha_fg=1.0, alpha_bg=4.0, crf=None))
+    assert got.tolist() == [[3, 255, 0, 0]]
+
+
+def test_unknown_mode_fails_before_any_work(tmp_path: Path) -> None:
+    recipe = load_recipe("synth/bnr-nano", [f"data.root={tmp_path / 'data'}", "labels.mode=treshold"])
+    with pytest.raises(ConfigError, match=r"labels\.mode.*threshold"):
+        run_pipeline(recipe, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run" / "train-cls").exists()
