@@ -8,6 +8,7 @@ every stage's timing and measured numbers; ``recipe.yaml`` is the resolved recip
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -155,6 +156,33 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
         )
 
 
+def _versions() -> dict[str, str | None]:
+    import numpy
+    import torchvision
+
+    return {
+        "wsss": wsss.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
+    }
+
+
+def _machine(dev: torch.device) -> dict[str, Any]:
+    """What the timings were measured on."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    return info
+
+
 def _git_commit() -> str | None:
     try:
         here = Path(wsss.__file__).resolve().parent
@@ -196,11 +224,8 @@ def run_pipeline(
         {
             "recipe": recipe.name,
             "config": to_dict(recipe),
-            "versions": {
-                "wsss": wsss.__version__,
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
+            "versions": _versions(),
+            "machine": _machine(dev),
             "git_commit": _git_commit(),
             "cwd": str(Path.cwd()),  # relative paths in the recipe are relative to this
             "device": str(dev),

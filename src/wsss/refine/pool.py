@@ -10,6 +10,9 @@ thread so that ``workers`` processes use about ``workers`` cores.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -21,6 +24,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _IN_FLIGHT_PER_WORKER = 4  # bounded look-ahead: results wait in memory only this far ahead
+PARENT_POLL_S = 0.5  # how often a worker checks that its parent is alive
 
 
 class ParallelMapError(RuntimeError):
@@ -42,11 +46,21 @@ def _failure(desc: str, item: object, index: int, exc: BaseException) -> Paralle
     )
 
 
-def _init_worker() -> None:
-    """One torch thread per worker process (the pool itself provides the parallelism)."""
+def _exit_with_parent(parent_pid: int, poll_s: float) -> None:
+    """Leave as soon as the parent is gone: a parent killed with SIGKILL cannot stop its pool, and
+    orphaned workers would otherwise sit on their queues (and keep writing) forever."""
+    while os.getppid() == parent_pid:
+        time.sleep(poll_s)
+    os._exit(1)
+
+
+def _init_worker(parent_pid: int, poll_s: float = PARENT_POLL_S) -> None:
+    """One torch thread per worker process (the pool itself provides the parallelism), and a
+    watchdog that ends the worker with its parent."""
     import torch
 
     torch.set_num_threads(1)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid, poll_s), daemon=True).start()
 
 
 def _serial(fn: Callable[[T], R], items: list[T], desc: str, bar: tqdm) -> Iterator[R]:
@@ -61,7 +75,9 @@ def _serial(fn: Callable[[T], R], items: list[T], desc: str, bar: tqdm) -> Itera
 
 def _pooled(fn: Callable[[T], R], items: list[T], workers: int, desc: str, bar: tqdm) -> Iterator[R]:
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
+    ) as pool:
         pending: deque[tuple[int, Future[R]]] = deque()
         upcoming = iter(enumerate(items))
         try:

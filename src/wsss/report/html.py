@@ -237,9 +237,11 @@ def render_report(run_dir: Path, **gallery_kwargs: Any) -> str:
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
     results = collect_results(record)
     total = sum(info.get("seconds", 0) for info in record.get("stages", {}).values())
-    versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items())
+    versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items() if v)
+    machine = record.get("machine", {})
+    where = (machine.get("gpu") or f"{machine.get('cpu_count', '?')} CPUs") if machine else "machine unknown"
     meta = (
-        f"{_e(recipe.description)}<br>device {_e(record.get('device'))}; {_e(versions)}; "
+        f"{_e(recipe.description)}<br>device {_e(record.get('device'))} ({_e(where)}); {_e(versions)}; "
         f"git {_e((record.get('git_commit') or 'unknown')[:12])}; stages took {total:.0f} s in all"
     )
     config = yaml.safe_dump(record.get("config", {}), sort_keys=False)
