@@ -70,7 +70,9 @@ def test_pipeline_outputs_and_skip(synth_root: Path, tmp_path: Path) -> None:
     assert 0.0 <= train["oracle_miou"] <= 1.0 and train["miou_at_chosen"] == train["oracle_miou"]
     assert (run / "eval" / "threshold_curve_train.png").stat().st_size > 1000
     run_json = json.loads((run / "run.json").read_text())
-    assert run_json["versions"]["torch"] == torch.__version__ and run_json["versions"]["python"].count(".") == 2
+    assert (
+        run_json["versions"]["torch"] == torch.__version__ and run_json["versions"]["python"].count(".") == 2
+    )
     assert run_json["machine"]["cpu_count"] >= 1 and run_json["device"] == "cpu"
     assert run_json["config"]["classifier"]["epochs"] == 2 and run_json["cwd"]
     saved = load_recipe(run / "recipe.yaml")
