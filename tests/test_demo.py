@@ -68,7 +68,7 @@ def test_demo_report_shows_every_column_and_number(demo: tuple[Path, str]) -> No
     val = record["stages"]["predict"]["metrics"]["val"]
     assert f"segmentation prediction (val): <b>{100 * val['miou']:.1f}</b>" in page
     assert "fully supervised upper bound" in page
-    sample = re.search(r'<table class="grid" id="sample">(.*?)</table>', page, re.S).group(1)
+    sample = re.search(r'<table class="grid" id="val-sample">(.*?)</table>', page, re.S).group(1)
     rows = re.findall(r"<tr>(.*?)</tr>", sample, re.S)[1:]
     assert len(rows) == 6
     # val images are CAM'd, labelled and predicted: all five pictures present in every row

@@ -39,12 +39,13 @@ def _prediction(name: str) -> np.ndarray:
     return pred
 
 
-def make_run_dir(tmp: Path) -> Path:
+def make_run_dir(tmp: Path, *overrides: str) -> Path:
     data, run = tmp / "data", tmp / "run"
     (data / "images").mkdir(parents=True)
     (data / "masks").mkdir()
     (data / "classes.txt").write_text("cat\ndog\n")
     (data / "val.txt").write_text("\n".join(NAMES) + "\n")
+    (data / "train.txt").write_text("\n".join(NAMES[:2]) + "\n")
     (data / "tags.csv").write_text(
         "image,tags\n" + "".join(f"{n}.png,{'cat' if TAGS[n] == [1] else 'dog'}\n" for n in NAMES)
     )
@@ -70,6 +71,7 @@ def make_run_dir(tmp: Path) -> Path:
             "data.val_split=val",
             "cams.splits=[val]",
             "predict.splits=[val]",
+            *overrides,
         ],
     )
     save_recipe(recipe, run / "recipe.yaml")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.report.conftest import make_run_dir
 from wsss.cli import main
 from wsss.errors import DataError
 from wsss.report import collect_results, format_results_table, render_report, write_report
@@ -86,10 +87,10 @@ def _grid_names(page: str, grid: str) -> list[str]:
 
 def test_report_ranks_images_and_embeds_every_picture(run_dir: Path) -> None:
     page = render_report(run_dir, n_sample=4, n_extreme=4)
-    assert _grid_names(page, "best") == ["b", "a"]  # both perfect (1.0)
-    assert _grid_names(page, "worst") == ["d", "c"]  # 0.371 (all background), 0.676 (half the object)
+    assert _grid_names(page, "val-best") == ["b", "a"]  # both perfect (1.0)
+    assert _grid_names(page, "val-worst") == ["d", "c"]  # 0.371 (all background), 0.676 (half the object)
     assert "prediction mIoU 37.1" in page and "prediction mIoU 67.6" in page
-    assert _grid_names(page, "sample") == ["a", "b", "c", "d"]
+    assert _grid_names(page, "val-sample") == ["a", "b", "c", "d"]
     # the loss plot (this run has no threshold curve), then 5 pictures per row: 4 sample rows,
     # 2 best, 2 worst (k = min(4, 4 scored // 2) so that best and worst never share an image)
     pictures = _images(page)
@@ -108,8 +109,8 @@ def test_report_without_ground_truth_shows_a_sample_only(run_dir: Path) -> None:
     for mask in (Path(load_root(run_dir)) / "masks").iterdir():
         mask.unlink()
     page = render_report(run_dir, n_sample=2)
-    assert _grid_names(page, "sample") == ["a", "d"]
-    assert 'id="best"' not in page and "has no ground truth" in page
+    assert _grid_names(page, "val-sample") == ["a", "d"]
+    assert 'id="val-best"' not in page and "has no ground truth" in page
 
 
 def load_root(run_dir: Path) -> str:
@@ -122,7 +123,7 @@ def test_report_command_writes_the_file(run_dir: Path, capsys: pytest.CaptureFix
     assert main(["report", str(run_dir), "--sample", "1", "--extremes", "1"]) == 0
     page = (run_dir / "report.html").read_text()
     assert str(run_dir / "report.html") in capsys.readouterr().out
-    assert _grid_names(page, "best") == ["b"] and _grid_names(page, "worst") == ["d"]
+    assert _grid_names(page, "val-best") == ["b"] and _grid_names(page, "val-worst") == ["d"]
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,3 +131,15 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.Cap
         write_report(tmp_path)
     assert main(["report", str(tmp_path)]) == 2
     assert "not a wsss run directory" in capsys.readouterr().err
+
+
+def test_cam_split_and_predicted_split_get_their_own_pictures(tmp_path: Path) -> None:
+    # VOC's shape: CAMs and pseudo-masks on train, predictions on val
+    run = make_run_dir(tmp_path, "cams.splits=[train]", "data.seed_eval_split=train")
+    page = render_report(run, n_sample=4, n_extreme=1, max_ranked=3)
+    assert _grid_names(page, "train-sample") == ["a", "b"] and _grid_names(page, "val-sample") == list("abcd")
+    # the train images are ranked by their prediction here too (the fixture predicts every image)
+    assert "ranked among all 2 images" in page
+    # val: 3 evenly spaced of 4 images are ranked (a, c, d): the worst is d, the best a
+    assert "ranked among 3 (evenly spaced) of 4 images" in page
+    assert _grid_names(page, "val-worst") == ["d"] and _grid_names(page, "val-best") == ["a"]

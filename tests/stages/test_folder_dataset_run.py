@@ -181,8 +181,8 @@ def test_report_shows_pictures_and_says_why_nothing_is_scored(user_run: UserRun)
     page = (user_run.run / "report.html").read_text()
     assert "No per-class scores" in page and "has no ground truth" in page
     assert "not scored: train: no ground-truth masks; val: no ground-truth masks" in page
-    assert 'id="best"' not in page and 'id="worst"' not in page  # nothing to rank by
-    sample = re.search(r'<table class="grid" id="sample">(.*?)</table>', page, re.S).group(1)
+    assert 'id="val-best"' not in page and 'id="val-worst"' not in page  # nothing to rank by
+    sample = re.search(r'<table class="grid" id="val-sample">(.*?)</table>', page, re.S).group(1)
     rows = re.findall(r"<tr>(.*?)</tr>", sample, re.S)[1:]
     assert len(rows) == 6
     # image, CAM, pseudo-mask and prediction of each val image; its ground-truth cell is empty

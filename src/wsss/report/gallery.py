@@ -44,6 +44,8 @@ class Gallery:
     best: list[ImageRow] = field(default_factory=list)
     worst: list[ImageRow] = field(default_factory=list)
     scored_output: str | None = None  # e.g. "prediction"; None when the split has no ground truth
+    size: int = 0  # images in the split
+    ranked: int = 0  # images scored for the best / worst rows
 
 
 def per_image_miou(pred: np.ndarray, gt: np.ndarray) -> float | None:
@@ -133,19 +135,35 @@ def build_row(ds, i: int, sources: GallerySources, max_side: int) -> ImageRow:
     return ImageRow(name, pictures, tags)
 
 
+def _evenly_spaced(n: int, k: int) -> list[int]:
+    """``min(k, n)`` indices spread evenly over ``range(n)``, first and last included."""
+    return sorted(set(np.linspace(0, n - 1, num=min(k, n)).round().astype(int).tolist())) if n else []
+
+
 def build_gallery(
-    ds, split: str, sources: GallerySources, *, n_sample: int = 6, n_extreme: int = 4, max_side: int = 160
+    ds,
+    split: str,
+    sources: GallerySources,
+    *,
+    n_sample: int = 6,
+    n_extreme: int = 4,
+    max_side: int = 160,
+    max_ranked: int = 2000,
 ) -> Gallery:
-    """An even sample of ``ds`` plus, when it has ground truth, its best and worst images."""
+    """An even sample of ``ds`` plus, when it has ground truth, its best and worst images.
+
+    Ranking reads every image's masks, so on a large split (COCO val: 40k images) it runs over
+    ``max_ranked`` evenly spaced images, and the page says so.
+    """
     n = len(ds)
-    gallery = Gallery(split)
-    sample_idx = sorted(set(np.linspace(0, n - 1, num=min(n_sample, n)).round().astype(int).tolist()))
+    gallery = Gallery(split, size=n)
+    sample_idx = _evenly_spaced(n, n_sample)
     scored_idx: list[tuple[float, int]] = []
     rows: dict[int, ImageRow] = {}
     has_pred = any((sources.prediction_dir / f"{nm}.png").is_file() for nm in ds.names[:1])
     if ds.has_masks:
         gallery.scored_output = "prediction" if has_pred else "pseudo-mask"
-        for i in range(n):  # scoring needs every image's labels, not its pictures
+        for i in _evenly_spaced(n, max_ranked):  # scoring needs the images' labels, not their pictures
             name = ds.names[i]
             folder = [sources.prediction_dir] if has_pred else list(sources.pseudo_dirs)
             path = next((d / f"{name}.png" for d in folder if (d / f"{name}.png").is_file()), None)
@@ -156,6 +174,7 @@ def build_gallery(
             if score is not None:
                 scored_idx.append((score, i))
     scored_idx.sort()
+    gallery.ranked = len(scored_idx)
     k = min(n_extreme, len(scored_idx) // 2)  # best and worst never share an image
     worst = [i for _, i in scored_idx[:k]]
     best = [i for _, i in reversed(scored_idx[len(scored_idx) - k :])]

@@ -168,32 +168,43 @@ def _grid(title: str, rows: list[ImageRow], key: str) -> str:
         return ""
     head = "".join(f"<th>{_e(c)}</th>" for c in COLUMNS)
     body = "".join(_row_html(r) for r in rows)
-    return f'<h3>{_e(title)}</h3><table class="grid" id="{key}"><tr><th class="l">name, tags</th>{head}</tr>{body}</table>'
-
-
-def _gallery_html(gallery: Gallery | None) -> str:
-    if gallery is None:
-        return "<p>No per-image outputs yet.</p>"
-    note = (
-        f"Best and worst by per-image mIoU of the {gallery.scored_output} (classes present in either map)."
-        if gallery.scored_output
-        else "This split has no ground truth, so images are not ranked."
-    )
     return (
-        f"<p>Split <b>{_e(gallery.split)}</b>. CAM: the strongest tagged class per pixel (jet). "
-        f"Masks in the VOC palette, white = ignored. {_e(note)}</p>"
-        + _grid("Sample", gallery.sample, "sample")
-        + _grid("Best", gallery.best, "best")
-        + _grid("Worst", gallery.worst, "worst")
+        f'<h3>{_e(title)}</h3><table class="grid" id="{_e(key)}">'
+        f'<tr><th class="l">name, tags</th>{head}</tr>{body}</table>'
     )
 
 
-def _gallery_split(recipe: Recipe) -> str:
-    """The split whose images have every output: the first predicted one, else the first CAM split."""
-    for split in recipe.predict.splits:
-        if split in recipe.cams.splits:
-            return split
-    return recipe.predict.splits[0] if recipe.predict.splits else recipe.cams.splits[0]
+def _gallery_html(gallery: Gallery) -> str:
+    if gallery.scored_output:
+        among = (
+            f"all {gallery.size}"
+            if gallery.ranked == gallery.size
+            else f"{gallery.ranked} (evenly spaced) of {gallery.size}"
+        )
+        note = (
+            f"Best and worst by per-image mIoU of the {gallery.scored_output} (classes present in either map), "
+            f"ranked among {among} images."
+        )
+    else:
+        note = "This split has no ground truth, so images are not ranked."
+    key = gallery.split
+    return (
+        f"<h3>Split {_e(gallery.split)}</h3><p>{_e(note)}</p>"
+        + _grid(f"Sample ({gallery.split})", gallery.sample, f"{key}-sample")
+        + _grid(f"Best ({gallery.split})", gallery.best, f"{key}-best")
+        + _grid(f"Worst ({gallery.split})", gallery.worst, f"{key}-worst")
+    )
+
+
+def gallery_splits(recipe: Recipe) -> list[str]:
+    """The splits to show pictures of: one predicted split that also has CAMs and pseudo-masks;
+    otherwise a CAM split (the seed-evaluation one if it is among them) and the predicted split."""
+    predicted = recipe.predict.splits[:1] if "predict" in recipe.stages else []
+    if predicted and predicted[0] in recipe.cams.splits:
+        return predicted
+    d = recipe.data
+    cam_split = d.seed_eval_split if d.seed_eval_split in recipe.cams.splits else recipe.cams.splits[0]
+    return list(dict.fromkeys([cam_split, *predicted]))
 
 
 def _data_root(root: str, record: dict[str, Any]) -> str:
@@ -204,28 +215,37 @@ def _data_root(root: str, record: dict[str, Any]) -> str:
     return str(Path(record["cwd"]) / path)
 
 
-def _load_gallery(run_dir: Path, recipe: Recipe, record: dict[str, Any], **kwargs: Any) -> Gallery | None:
-    split = _gallery_split(recipe)
+def _load_galleries(run_dir: Path, recipe: Recipe, record: dict[str, Any], **kwargs: Any) -> str:
     d = recipe.data
-    try:
-        ds = DATASETS.build(
-            d.dataset,
-            where="data.dataset",
-            root=_data_root(d.root, record),
-            split=split,
-            labels_file=d.labels_file,
-            mask_dir=d.mask_dir,
-            with_masks=False,
-            **d.args,
-        )
-    except DataError:
-        return None
     sources = GallerySources(
         cam_dir=run_dir / "cams",
         pseudo_dirs=(run_dir / "pseudo", run_dir / "labels"),
         prediction_dir=run_dir / "predictions",
     )
-    return build_gallery(ds, split, sources, **kwargs)
+    parts = []
+    for split in gallery_splits(recipe):
+        try:
+            ds = DATASETS.build(
+                d.dataset,
+                where="data.dataset",
+                root=_data_root(d.root, record),
+                split=split,
+                labels_file=d.labels_file,
+                mask_dir=d.mask_dir,
+                with_masks=False,
+                **d.args,
+            )
+        except DataError as exc:
+            parts.append(
+                f"<p>Split {_e(split)}: no pictures, the dataset cannot be read here ({_e(exc)}).</p>"
+            )
+            continue
+        parts.append(_gallery_html(build_gallery(ds, split, sources, **kwargs)))
+    intro = (
+        "<p>CAM: the strongest tagged class per pixel (jet) over the image. Masks in the VOC palette, "
+        "white = ignored; – = that output does not exist for the image.</p>"
+    )
+    return intro + "".join(parts)
 
 
 def render_report(run_dir: Path, **gallery_kwargs: Any) -> str:
@@ -252,7 +272,7 @@ def render_report(run_dir: Path, **gallery_kwargs: Any) -> str:
         f"<h2>Stages</h2>{_summary_table(record, results)}"
         f"<h2>Per-class IoU (%)</h2>{_per_class_table(results)}"
         f"<h2>Curves</h2>{_curves(run_dir)}"
-        f"<h2>Pictures</h2>{_gallery_html(_load_gallery(run_dir, recipe, record, **gallery_kwargs))}"
+        f"<h2>Pictures</h2>{_load_galleries(run_dir, recipe, record, **gallery_kwargs)}"
         f"<h2>Configuration</h2><details><summary>resolved recipe</summary><pre>{_e(config)}</pre></details>"
         "</body></html>"
     )
