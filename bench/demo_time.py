@@ -42,8 +42,10 @@ def main() -> None:
     cmd = [sys.executable, "-m", "wsss", "demo", "--out", str(out)]
     cmd += ["--with-upper-bound"] * args.with_upper_bound + ["--quick"] * args.quick
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    res = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    if res.returncode != 0:
+        sys.exit(f"wsss demo failed ({res.returncode}):\n{(res.stdout + res.stderr)[-4000:]}")
     record = json.loads((out / "run.json").read_text())
 
     print(
