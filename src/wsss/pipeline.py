@@ -26,6 +26,7 @@ from wsss.errors import ConfigError
 from wsss.files import remove_stale_temp_files, write_json
 from wsss.models.backbones.base import TORCHVISION
 from wsss.models.backbones.mobilenet import OFFLINE, offline_mobilenet_v2_weights
+from wsss.refine.crf import get_preset
 from wsss.registry import (
     AFFINITY_MODELS,
     BACKBONES,
@@ -33,10 +34,13 @@ from wsss.registry import (
     CAM_MODELS,
     DATASETS,
     LABEL_GENERATORS,
+    LOSSES,
     METHODS,
+    SEG_MODELS,
     suggest,
 )
 from wsss.report import write_report
+from wsss.seg.inference import get_protocol
 from wsss.stages import (
     cycle_seg,
     eval_cams,
@@ -74,6 +78,11 @@ def check_stages(names: list[str]) -> None:
 
 def check_components(recipe: Recipe, names: list[str]) -> None:
     """Fail before any work when a stage to run names an unknown component (typos cost hours)."""
+    seg = [
+        (SEG_MODELS, recipe.segmentation.model, "segmentation.model"),
+        (BACKBONES, recipe.segmentation.backbone, "segmentation.backbone"),
+        (LOSSES, recipe.segmentation.loss, "segmentation.loss"),
+    ]
     wanted = {
         "train-cls": [
             (CAM_MODELS, recipe.classifier.model, "classifier.model"),
@@ -86,11 +95,30 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
             (AFFINITY_MODELS, recipe.affinity.model, "affinity.model"),
             (BACKBONES, recipe.affinity.backbone, "affinity.backbone"),
         ],
+        "train-seg": seg,
+        "cycle-seg": seg,
     }
+    # named settings outside the registries: CRF presets and segmentation test protocols
+    named = {
+        "make-labels": [(get_preset, recipe.labels.crf, "labels.crf")],
+        "random-walk": [(get_preset, recipe.random_walk.crf, "random_walk.crf")],
+        "predict": [
+            (get_protocol, recipe.predict.protocol, "predict.protocol"),
+            (get_preset, recipe.predict.crf, "predict.crf"),
+        ],
+    }
+    named["cycle-seg"] = named["predict"]  # the cyclic round predicts with the same settings
     DATASETS.get(recipe.data.dataset, "data.dataset")
     for name in names:
         for registry, value, where in wanted.get(name, []):
             registry.get(value, where)
+        for lookup, value, where in named.get(name, []):
+            if value is None:
+                continue
+            try:
+                lookup(value)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
 
 
 def _weight_files(recipe: Recipe, stage: str) -> list[tuple[str, str | None]]:

@@ -91,3 +91,12 @@ def test_registry_unknown_name_and_kwargs() -> None:
         reg.get("squares", where="model.widget")
     with pytest.raises(ConfigError, match=r"unknown key 'cfg\.color' \(did you mean 'colour'\?\)"):
         check_kwargs(build_square, {"color": "blue"}, "cfg")
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_shipped_recipe_names_known_components(name: str) -> None:
+    from wsss.pipeline import check_components, check_stages
+
+    recipe = load_recipe(name)
+    check_stages(recipe.stages)
+    check_components(recipe, recipe.stages)

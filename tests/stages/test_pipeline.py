@@ -153,3 +153,31 @@ def test_offline_weights_package_is_checked_up_front(
     with pytest.raises(ConfigError, match=r"segmentation\.pretrained: offline needs the package"):
         run_pipeline(recipe, tmp_path / "run", device="cpu")
     assert not (tmp_path / "run" / "train-cls").exists()
+
+
+@pytest.mark.parametrize(
+    ("typo", "message"),
+    [
+        (
+            "segmentation.model=deeplab_v3_lit",
+            r"segmentation model 'deeplab_v3_lit' at 'segmentation\.model'",
+        ),
+        ("segmentation.backbone=mobilenet_v3", r"at 'segmentation\.backbone'"),
+        ("segmentation.loss=pfu", r"loss 'pfu' at 'segmentation\.loss'.*puf"),
+        ("labels.crf=lable", r"labels\.crf: unknown CRF preset 'lable'.*label"),
+        ("random_walk.crf=lable", r"random_walk\.crf: unknown CRF preset"),
+        (
+            "predict.protocol=transcm",
+            r"predict\.protocol: unknown segmentation test protocol 'transcm'.*transcam",
+        ),
+        ("predict.crf=deeplabb", r"predict\.crf: unknown CRF preset 'deeplabb'"),
+    ],
+)
+def test_typos_in_later_stages_fail_before_any_work(
+    synth_root: Path, tmp_path: Path, typo: str, message: str
+) -> None:
+    stages = "stages=[train-cls, make-cams, make-labels, random-walk, train-seg, predict]"
+    recipe = _recipe(synth_root, stages, typo)
+    with pytest.raises(ConfigError, match=message):
+        run_pipeline(recipe, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run" / "train-cls").exists()
