@@ -37,6 +37,7 @@ from wsss.registry import (
     LOSSES,
     METHODS,
     SEG_MODELS,
+    check_kwargs,
     suggest,
 )
 from wsss.report import write_report
@@ -78,22 +79,24 @@ def check_stages(names: list[str]) -> None:
 
 def check_components(recipe: Recipe, names: list[str]) -> None:
     """Fail before any work when a stage to run names an unknown component (typos cost hours)."""
+    c, a, sg = recipe.classifier, recipe.affinity, recipe.segmentation
+    # (registry, name, recipe key, keyword arguments the recipe passes on, their key)
     seg = [
-        (SEG_MODELS, recipe.segmentation.model, "segmentation.model"),
-        (BACKBONES, recipe.segmentation.backbone, "segmentation.backbone"),
-        (LOSSES, recipe.segmentation.loss, "segmentation.loss"),
+        (SEG_MODELS, sg.model, "segmentation.model", sg.model_args, "segmentation.model_args"),
+        (BACKBONES, sg.backbone, "segmentation.backbone", {}, ""),
+        (LOSSES, sg.loss, "segmentation.loss", sg.loss_args, "segmentation.loss_args"),
     ]
     wanted = {
         "train-cls": [
-            (CAM_MODELS, recipe.classifier.model, "classifier.model"),
-            (METHODS, recipe.classifier.method, "classifier.method"),
-            (BACKBONES, recipe.classifier.backbone, "classifier.backbone"),
+            (CAM_MODELS, c.model, "classifier.model", c.model_args, "classifier.model_args"),
+            (METHODS, c.method, "classifier.method", c.method_args, "classifier.method_args"),
+            (BACKBONES, c.backbone, "classifier.backbone", {}, ""),
         ],
-        "make-cams": [(CAM_EXTRACTORS, recipe.cams.extractor, "cams.extractor")],
-        "make-labels": [(LABEL_GENERATORS, recipe.labels.mode, "labels.mode")],
+        "make-cams": [(CAM_EXTRACTORS, recipe.cams.extractor, "cams.extractor", {}, "")],
+        "make-labels": [(LABEL_GENERATORS, recipe.labels.mode, "labels.mode", {}, "")],
         "train-affinity": [
-            (AFFINITY_MODELS, recipe.affinity.model, "affinity.model"),
-            (BACKBONES, recipe.affinity.backbone, "affinity.backbone"),
+            (AFFINITY_MODELS, a.model, "affinity.model", a.model_args, "affinity.model_args"),
+            (BACKBONES, a.backbone, "affinity.backbone", {}, ""),
         ],
         "train-seg": seg,
         "cycle-seg": seg,
@@ -110,8 +113,10 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
     named["cycle-seg"] = named["predict"]  # the cyclic round predicts with the same settings
     DATASETS.get(recipe.data.dataset, "data.dataset")
     for name in names:
-        for registry, value, where in wanted.get(name, []):
-            registry.get(value, where)
+        for registry, value, where, kwargs, kwargs_where in wanted.get(name, []):
+            builder = registry.get(value, where)
+            if kwargs:
+                check_kwargs(builder, kwargs, kwargs_where)
         for lookup, value, where in named.get(name, []):
             if value is None:
                 continue

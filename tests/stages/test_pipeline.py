@@ -171,6 +171,12 @@ def test_offline_weights_package_is_checked_up_front(
             r"predict\.protocol: unknown segmentation test protocol 'transcm'.*transcam",
         ),
         ("predict.crf=deeplabb", r"predict\.crf: unknown CRF preset 'deeplabb'"),
+        (
+            "segmentation.model_args={chanels: 64}",
+            r"unknown key 'segmentation\.model_args\.chanels'.*channels",
+        ),
+        ("segmentation.loss_args={ignore_indx: 255}", r"'segmentation\.loss_args\.ignore_indx'.*ignore_index"),
+        ("classifier.method_args={noise_scal: 1.0}", r"'classifier\.method_args\.noise_scal'.*noise_scale"),
     ],
 )
 def test_typos_in_later_stages_fail_before_any_work(
