@@ -175,7 +175,10 @@ def test_offline_weights_package_is_checked_up_front(
             "segmentation.model_args={chanels: 64}",
             r"unknown key 'segmentation\.model_args\.chanels'.*channels",
         ),
-        ("segmentation.loss_args={ignore_indx: 255}", r"'segmentation\.loss_args\.ignore_indx'.*ignore_index"),
+        (
+            "segmentation.loss_args={ignore_indx: 255}",
+            r"'segmentation\.loss_args\.ignore_indx'.*ignore_index",
+        ),
         ("classifier.method_args={noise_scal: 1.0}", r"'classifier\.method_args\.noise_scal'.*noise_scale"),
     ],
 )
