@@ -103,6 +103,17 @@ def make_run_dir(tmp: Path, *overrides: str) -> Path:
         },
     }
     (run / "run.json").write_text(json.dumps(record))
+    per_class = [
+        {"name": "background", "iou": 0.95, "precision": 0.96, "recall": 0.99},
+        {"name": "cat", "iou": 0.55, "precision": 0.9, "recall": 0.6},
+        {"name": "dog", "iou": 0.375, "precision": 1.0, "recall": 0.375},
+    ]
+    seg = {
+        "summary": {"miou": 0.625, "evaluated_on": "val"},
+        "scores": {"miou": 0.625, "per_class": per_class},
+    }
+    (run / "eval" / "seg_val.json").write_text(json.dumps(seg))
+    (run / "eval" / "labels.json").write_text(json.dumps({"summary": {}, "scores": {}}))  # nothing scored
     lines = [json.dumps({"tag": "train-seg/loss", "value": 1.0 / s, "step": s}) for s in range(1, 6)]
     (run / "metrics.jsonl").write_text(
         "\n".join(lines) + '\n{"tag": "train-seg/lo'

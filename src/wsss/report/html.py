@@ -105,6 +105,34 @@ def _per_class_table(results: list[Result]) -> str:
     return f'<table id="per-class"><tr><th class="l">class</th>{head}</tr>{"".join(body)}</table>'
 
 
+def _precision_recall_table(eval_dir: Path) -> str:
+    """Precision / recall per class of every scored label folder (eval/*.json with per-class
+    scores): low recall with high precision is an output that misses a class, the reverse one
+    that spills over it."""
+    outputs = []
+    for path in sorted(eval_dir.glob("*.json")):
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        scores, summary = saved.get("scores") or {}, saved.get("summary") or {}
+        per_class = scores.get("per_class") or []
+        if per_class and all("precision" in c and "recall" in c for c in per_class):
+            name = f"{path.stem} ({summary['evaluated_on']})" if "evaluated_on" in summary else path.stem
+            outputs.append((name, {c["name"]: (c["precision"], c["recall"]) for c in per_class}))
+    if not outputs:
+        return "<p>No scored label folders.</p>"
+    classes = list(dict.fromkeys(name for _, pr in outputs for name in pr))
+    head = "".join(f"<th>{_e(stem)}<br>precision / recall</th>" for stem, _ in outputs)
+    body = []
+    for c in classes:
+        cells = "".join(
+            f"<td>{_pct(pr[c][0])} / {_pct(pr[c][1])}</td>" if c in pr else "<td>–</td>" for _, pr in outputs
+        )
+        body.append(f'<tr><td class="l">{_e(c)}</td>{cells}</tr>')
+    return f'<table id="precision-recall"><tr><th class="l">class</th>{head}</tr>{"".join(body)}</table>'
+
+
 def _figure_png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
@@ -271,6 +299,8 @@ def render_report(run_dir: Path, **gallery_kwargs: Any) -> str:
         f'<h1>wsss report: {_e(recipe.name)}</h1><p class="meta">{meta}</p>'
         f"<h2>Stages</h2>{_summary_table(record, results)}"
         f"<h2>Per-class IoU (%)</h2>{_per_class_table(results)}"
+        f"<h3>Precision / recall (%) of each scored output (eval/*.json)</h3>"
+        f"{_precision_recall_table(run_dir / 'eval')}"
         f"<h2>Curves</h2>{_curves(run_dir)}"
         f"<h2>Pictures</h2>{_load_galleries(run_dir, recipe, record, **gallery_kwargs)}"
         f"<h2>Configuration</h2><details><summary>resolved recipe</summary><pre>{_e(config)}</pre></details>"
