@@ -160,13 +160,14 @@ def build_gallery(
     sample_idx = _evenly_spaced(n, n_sample)
     scored_idx: list[tuple[float, int]] = []
     rows: dict[int, ImageRow] = {}
-    has_pred = any((sources.prediction_dir / f"{nm}.png").is_file() for nm in ds.names[:1])
+    # the final output of this split: predictions if it was predicted, else its pseudo-masks
+    has_pred = n > 0 and (sources.prediction_dir / f"{ds.names[0]}.png").is_file()
+    folders = (sources.prediction_dir,) if has_pred else sources.pseudo_dirs
     if ds.has_masks:
         gallery.scored_output = "prediction" if has_pred else "pseudo-mask"
         for i in _evenly_spaced(n, max_ranked):  # scoring needs the images' labels, not their pictures
             name = ds.names[i]
-            folder = [sources.prediction_dir] if has_pred else list(sources.pseudo_dirs)
-            path = next((d / f"{name}.png" for d in folder if (d / f"{name}.png").is_file()), None)
+            path = next((d / f"{name}.png" for d in folders if (d / f"{name}.png").is_file()), None)
             if path is None:
                 continue
             gt = ds.read_mask(i)
