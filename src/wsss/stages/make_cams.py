@@ -4,11 +4,12 @@ A sharded, resumable map: each process handles its share of the images (DDP rank
 ``--shard i/n``), skips images whose CAM file is already complete, and writes every file
 atomically — killing it at any moment and re-running finishes the job without redoing work.
 
-Images are batched in fixed groups of ``cams.batch_images`` (the process's images in order),
-the same groups on every run: CPU kernels pick their blocking by batch size, so an image batched
-with other neighbours can come out one float16 step different. A group interrupted half-way is
-computed again as a whole and only its missing files are written, so a resumed run writes
-exactly the files an uninterrupted one does.
+Images are batched in fixed groups of ``cams.batch_images`` (all images in order; processes
+take whole groups), the same groups on every run and for any number of processes: CPU kernels
+pick their blocking by batch size, so an image batched with other neighbours can come out one
+float16 step different. A group interrupted half-way is computed again as a whole and only its
+missing files are written, so a resumed or sharded run writes exactly the files an uninterrupted
+single process does.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from wsss.cams.files import is_complete as cam_file_complete
 from wsss.cams.files import save_cam
 from wsss.cams.inference import NORMALISERS, multiscale_cams
 from wsss.stages.context import StageContext
-from wsss.stages.scoring import all_written, pending
+from wsss.stages.scoring import all_written
 from wsss.stages.train_cls import load_trained_classifier
 
 NAME = "make-cams"
@@ -75,16 +76,25 @@ def write_cams(
         )
 
 
-def _never_done(path: Path) -> bool:
-    return False
-
-
 def fixed_batches(ctx: StageContext) -> list[list[tuple[Any, int]]]:
-    """This process's (dataset, index) pairs in groups of ``cams.batch_images``, in a fixed order
-    that does not depend on which files already exist."""
-    mine = pending(ctx, ctx.paths.cam_dir, ".npz", _never_done)
+    """This process's (dataset, index) pairs in groups of ``cams.batch_images``.
+
+    The groups are cut from every image of the map splits in a fixed order, then dealt out to
+    the processes (DDP ranks or ``--shard``) a whole group at a time: an image is batched with
+    the same neighbours however many processes share the work and whichever files exist, so the
+    CAM files do not depend on either.
+    """
+    every: list[tuple[Any, int]] = []
+    seen: set[str] = set()
+    for split in ctx.map_splits:  # an image listed in several splits (VOC train ⊂ train_aug) once
+        ds = ctx.dataset(split)
+        for i, name in enumerate(ds.names):
+            if name not in seen:
+                seen.add(name)
+                every.append((ds, i))
     size = ctx.recipe.cams.batch_images
-    return [mine[start : start + size] for start in range(0, len(mine), size)]
+    groups = [every[start : start + size] for start in range(0, len(every), size)]
+    return [groups[g] for g in ctx.my_indices(len(groups))]
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
