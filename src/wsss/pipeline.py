@@ -22,7 +22,7 @@ import yaml
 import wsss
 from wsss.config import Recipe, save_recipe, to_dict
 from wsss.engine import barrier, init_distributed, resolve_device, setup_run_logging
-from wsss.errors import ConfigError
+from wsss.errors import ConfigError, WsssError
 from wsss.files import remove_stale_temp_files, write_json
 from wsss.models.backbones.base import TORCHVISION
 from wsss.models.backbones.mobilenet import OFFLINE, offline_mobilenet_v2_weights
@@ -286,6 +286,8 @@ def run_pipeline(
             break
     if dist.is_main:
         write_json(record_path, record)
-        report = write_report(run_dir)
-        logger.info("report: %s", report)
+        try:  # the report is a view of finished outputs: a problem drawing it does not undo the run
+            logger.info("report: %s", write_report(run_dir))
+        except (WsssError, OSError) as exc:
+            logger.warning("report not written (%s); fix that and run 'wsss report %s'", exc, run_dir)
     return record

@@ -192,3 +192,21 @@ def test_typos_in_later_stages_fail_before_any_work(
     with pytest.raises(ConfigError, match=message):
         run_pipeline(recipe, tmp_path / "run", device="cpu")
     assert not (tmp_path / "run" / "train-cls").exists()
+
+
+def test_a_report_problem_does_not_fail_a_finished_run(
+    synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wsss.pipeline
+    from wsss.errors import DataError
+
+    def broken(run_dir: Path) -> Path:
+        raise DataError(f"mask file not found: {run_dir}/x.png")
+
+    monkeypatch.setattr(wsss.pipeline, "write_report", broken)
+    record = run_pipeline(_recipe(synth_root, "stages=[train-cls]"), tmp_path / "run", device="cpu")
+    assert (
+        "train-cls" in record["stages"] and (tmp_path / "run" / "train-cls" / "model.safetensors").is_file()
+    )
+    log = (tmp_path / "run" / "logs" / "pipeline.log").read_text()
+    assert "report not written (mask file not found" in log and f"wsss report {tmp_path / 'run'}" in log
