@@ -78,7 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = collect_results(record)
     if results:
         print(format_results_table(results))
-    print(f"report: {out / REPORT_NAME}")
+    if (out / REPORT_NAME).is_file():
+        print(f"report: {out / REPORT_NAME}")
     return 0
 
 
