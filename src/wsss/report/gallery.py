@@ -9,6 +9,7 @@ report can embed it.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from wsss.cams.files import is_complete as cam_file_complete
 from wsss.cams.files import load_cam
 from wsss.data.images import read_image
 from wsss.data.palette import IGNORE_INDEX, read_label_png, voc_palette
+from wsss.eval.confusion import confusion_matrix
+from wsss.eval.metrics import mean_iou
 
 COLUMNS = ("image", "ground truth", "CAM", "pseudo-mask", "prediction")
 _PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
@@ -48,20 +51,18 @@ class Gallery:
     ranked: int = 0  # images scored for the best / worst rows
 
 
-def per_image_miou(pred: np.ndarray, gt: np.ndarray) -> float | None:
-    """Mean IoU over the classes present in either map (ignore pixels excluded); None if empty."""
-    valid = gt != IGNORE_INDEX
-    p, g = pred[valid], gt[valid]
-    classes = np.union1d(np.unique(p), np.unique(g))
-    classes = classes[classes != IGNORE_INDEX]
-    if classes.size == 0:
-        return None
-    ious = []
-    for c in classes:
-        inter = np.count_nonzero((p == c) & (g == c))
-        union = np.count_nonzero((p == c) | (g == c))
-        ious.append(inter / union)
-    return float(np.mean(ious))
+def per_image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int | None = None) -> float | None:
+    """One image's mIoU over the classes present in either map; None if nothing can be scored.
+
+    The dataset-level scoring applied to one image (:func:`confusion_matrix`, mean ``all``), so an
+    uncertain (255) pixel of a pseudo-mask counts as background here exactly as in ``eval/``.
+    """
+    if num_classes is None:  # enough classes for every label either map holds
+        num_classes = (
+            int(max(pred[pred != IGNORE_INDEX].max(initial=0), gt[gt != IGNORE_INDEX].max(initial=0))) + 1
+        )
+    value = float(mean_iou(confusion_matrix(pred, gt, num_classes)))
+    return None if math.isnan(value) else value
 
 
 def colour_labels(label: np.ndarray) -> np.ndarray:
@@ -171,7 +172,7 @@ def build_gallery(
             if path is None:
                 continue
             gt = ds.read_mask(i)
-            score = per_image_miou(read_label_png(path, expected_size=gt.shape), gt)
+            score = per_image_miou(read_label_png(path, expected_size=gt.shape), gt, ds.num_classes)
             if score is not None:
                 scored_idx.append((score, i))
     scored_idx.sort()
