@@ -26,7 +26,7 @@ from wsss.errors import DataError
 from wsss.files import write_text
 from wsss.registry import DATASETS
 from wsss.report.gallery import COLUMNS, Gallery, GallerySources, ImageRow, build_gallery
-from wsss.report.results import Result, collect_results
+from wsss.report.results import Result, collect_results, metric_dicts
 
 REPORT_NAME = "report.html"
 
@@ -59,7 +59,7 @@ def _pct(x: float | None) -> str:
 def _not_scored(metrics: dict[str, Any]) -> list[str]:
     """Why a stage has no number (no ground truth, missing files), as the stage recorded it."""
     reasons = []
-    for m in [metrics, *(v for v in metrics.values() if isinstance(v, dict))]:
+    for m in metric_dicts(metrics):
         why = m.get("not_scored")
         if isinstance(why, str):
             reasons.append(why)

@@ -21,11 +21,16 @@ class Result:
     per_class: dict[str, float] = field(default_factory=dict)
 
 
+def metric_dicts(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stage's metrics and their per-split sub-dicts: stages record a number either at the top
+    (make-labels) or under a split key (predict: ``{"val": {...}}``)."""
+    return [metrics, *(v for v in metrics.values() if isinstance(v, dict))]
+
+
 def _labelled(stage: str, metrics: dict[str, Any], what: str) -> list[Result]:
     """Results of a stage whose metrics hold ``miou`` either at the top or under a split key."""
     found = []
-    candidates = [metrics] + [v for v in metrics.values() if isinstance(v, dict)]
-    for m in candidates:
+    for m in metric_dicts(metrics):
         if isinstance(m.get("miou"), (int, float)):
             split = str(m.get("evaluated_on", ""))
             found.append(Result(what, stage, split, float(m["miou"]), dict(m.get("per_class_iou") or {})))
