@@ -24,9 +24,9 @@ from matplotlib.figure import Figure
 from wsss.config import Recipe, load_recipe
 from wsss.errors import DataError
 from wsss.files import write_text
-from wsss.registry import DATASETS
 from wsss.report.gallery import COLUMNS, Gallery, GallerySources, ImageRow, build_gallery
 from wsss.report.results import Result, collect_results, metric_dicts
+from wsss.stages.context import build_dataset
 
 REPORT_NAME = "report.html"
 
@@ -244,7 +244,6 @@ def _data_root(root: str, record: dict[str, Any]) -> str:
 
 
 def _load_galleries(run_dir: Path, recipe: Recipe, record: dict[str, Any], **kwargs: Any) -> str:
-    d = recipe.data
     sources = GallerySources(
         cam_dir=run_dir / "cams",
         pseudo_dirs=(run_dir / "pseudo", run_dir / "labels"),
@@ -253,15 +252,8 @@ def _load_galleries(run_dir: Path, recipe: Recipe, record: dict[str, Any], **kwa
     parts = []
     for split in gallery_splits(recipe):
         try:
-            ds = DATASETS.build(
-                d.dataset,
-                where="data.dataset",
-                root=_data_root(d.root, record),
-                split=split,
-                labels_file=d.labels_file,
-                mask_dir=d.mask_dir,
-                with_masks=False,
-                **d.args,
+            ds = build_dataset(
+                recipe.data, split, root=_data_root(recipe.data.root, record), with_masks=False
             )
         except DataError as exc:
             parts.append(

@@ -10,10 +10,25 @@ from typing import Any
 
 import torch
 
-from wsss.config import Recipe
+from wsss.config import DataConfig, Recipe
 from wsss.engine import DistInfo
 from wsss.errors import DataError
 from wsss.registry import DATASETS
+
+
+def build_dataset(data: DataConfig, split: str, *, root: str | None = None, **kwargs: Any):
+    """The recipe's dataset for ``split`` (``root`` overrides ``data.root``); extra keywords
+    (``transform``, ``with_masks``…) go to the registered builder."""
+    return DATASETS.build(
+        data.dataset,
+        where="data.dataset",
+        root=data.root if root is None else root,
+        split=split,
+        labels_file=data.labels_file,
+        mask_dir=data.mask_dir,
+        **data.args,
+        **kwargs,
+    )
 
 
 @dataclass(frozen=True)
@@ -123,18 +138,7 @@ class StageContext:
         key = (split, with_masks)
         if not kwargs and key in self._datasets:
             return self._datasets[key]
-        d = self.recipe.data
-        ds = DATASETS.build(
-            d.dataset,
-            where="data.dataset",
-            root=d.root,
-            split=split,
-            labels_file=d.labels_file,
-            mask_dir=d.mask_dir,
-            with_masks=with_masks,
-            **d.args,
-            **kwargs,
-        )
+        ds = build_dataset(self.recipe.data, split, with_masks=with_masks, **kwargs)
         if not kwargs:
             self._datasets[key] = ds
         return ds
