@@ -246,7 +246,11 @@ def run_pipeline(
     logger = setup_run_logging(run_dir, "pipeline")
     ctx = StageContext(recipe=recipe, run_dir=run_dir, device=dev, dist=dist, logger=logger, shard=shard)
     # before recipe.yaml is written, so that fixing a path with --set does not count as another recipe
-    check_weight_files(recipe, [n for n in names if not STAGES[n].is_complete(ctx)])
+    # only training stages read weight files, and their is_complete is a file check (make-cams'
+    # would open every CAM file, which the stage loop does anyway)
+    check_weight_files(
+        recipe, [n for n in names if _weight_files(recipe, n) and not STAGES[n].is_complete(ctx)]
+    )
     if dist.world_size == 1 and shard is None:  # sole writer: leftovers of a killed run can go
         for path in remove_stale_temp_files(run_dir):
             logger.info("removed %s, a partial file left by an interrupted run", path)
