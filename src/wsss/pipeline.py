@@ -86,6 +86,16 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
         (BACKBONES, sg.backbone, "segmentation.backbone", {}, ""),
         (LOSSES, sg.loss, "segmentation.loss", sg.loss_args, "segmentation.loss_args"),
     ]
+    cycle = [
+        *seg[:2],
+        (
+            LOSSES,
+            sg.cycle_loss,
+            "segmentation.cycle_loss",
+            sg.cycle_loss_args,
+            "segmentation.cycle_loss_args",
+        ),
+    ]
     wanted = {
         "train-cls": [
             (CAM_MODELS, c.model, "classifier.model", c.model_args, "classifier.model_args"),
@@ -99,7 +109,7 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
             (BACKBONES, a.backbone, "affinity.backbone", {}, ""),
         ],
         "train-seg": seg,
-        "cycle-seg": seg,
+        "cycle-seg": cycle,
     }
     # named settings outside the registries: CRF presets and segmentation test protocols
     named = {

@@ -39,6 +39,10 @@ class TrainerConfig:
     weight_decay: float = 5.0e-4
     momentum: float = 0.9  # SGD only; compat: authors_code puts weight_decay here (legacy PolyOptimizer)
     head_lr_mult: float = 1.0  # lr multiplier of the model's new layers (IRN/PSA: 10); 1 = one group
+    # This stage's optimiser quirks: None follows the recipe's ``compat``; ``authors_code`` builds the
+    # legacy PolyOptimizer (momentum = weight_decay) for SGD stages whose authors used it (PSA/TransCAM
+    # AffinityNet, IRN) while the other stages keep theirs (TransCAM's DeepLab uses real momentum).
+    compat: Literal["clean", "authors_code"] | None = None
     amp: Literal["none", "bf16", "fp16"] = "none"
     sync_bn: bool = False  # DDP on GPUs: SyncBatchNorm across processes (segmentation at small per-GPU batch)
     num_workers: int = 2
@@ -70,6 +74,9 @@ class CamConfig:
     splits: list[str] = field(default_factory=lambda: ["train"])  # data splits that get CAM files
     scale_mode: Literal["square", "relative"] = "square"  # square: resize to s×s (TransCAM)
     scales: list[float] = field(default_factory=lambda: [256.0, 512.0, 768.0])
+    # Kernel of the per-scale resize: ``pil`` = PIL bicubic on the uint8 image, as TransCAM, PSA and
+    # IRN resize (done on the CPU); ``torch`` = torchvision's antialiased bicubic on the device.
+    resize: Literal["pil", "torch"] = "pil"
     flip: bool = True
     batched: bool = True  # flips (and equal-size scales) in one forward
     batch_images: int = 4  # images per forward group when batched
@@ -88,6 +95,10 @@ class LabelConfig:
     alpha_bg: float = 32.0  # … and (1 − max)^alpha_bg for confident background (paper 24, README 32)
     crf: str | None = None  # CRF preset (label, psa, …); None: no CRF
     crf_backend: Literal["auto", "exact", "torch"] = "auto"
+    # Labels a label-unary CRF chooses among: ``present`` = background + the image's classes (IRN's
+    # cam_to_ir_label), ``dataset`` = every class of the dataset (TransCAM/PSA crf_inference_label,
+    # n_labels 21 on VOC: a non-chosen label costs -log(0.3/20) = 4.20 instead of 1.20 with 2 labels).
+    crf_label_space: Literal["present", "dataset"] = "present"
     workers: int = 1  # processes for the CRF
 
 
@@ -110,7 +121,10 @@ class AffinityConfig(TrainerConfig):
     lr: float = 0.01
     weight_decay: float = 5.0e-4
     head_lr_mult: float = 10.0
-    resize_long: tuple[int, int] = (448, 768)
+    # Random rescale before the crop; each is off when null. PSA/TransCAM train_aff.py: crop 448 + flip
+    # only (both null); IRN train_irn.py: scale (0.5, 1.5).
+    resize_long: tuple[int, int] | None = None
+    scale: tuple[float, float] | None = None
     crop_size: int = 448
     flip: bool = True
     color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
@@ -131,6 +145,7 @@ class RandomWalkConfig:
     cam_power: float = 1.0
     crf: str | None = "label"  # CRF preset applied to the walked labels; None: no CRF
     crf_backend: Literal["auto", "exact", "torch"] = "auto"
+    crf_label_space: Literal["present", "dataset"] = "present"  # as ``labels.crf_label_space``
 
 
 @dataclass
@@ -151,6 +166,10 @@ class SegConfig(TrainerConfig):
     )
     loss: str = "ce"  # LOSSES registry name: ce | puf
     loss_args: dict[str, Any] = field(default_factory=dict)
+    # PMM's cyclic round (stage cycle-seg) trains its fresh model with its own loss: the authors'
+    # round-2 configs use plain cross-entropy (PUF only in round 1's ``_pus`` config).
+    cycle_loss: str = "ce"
+    cycle_loss_args: dict[str, Any] = field(default_factory=dict)
     epochs: int = 19
     batch_size: int = 10
     optimizer: Literal["adamw", "sgd"] = "sgd"

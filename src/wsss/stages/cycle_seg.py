@@ -2,7 +2,9 @@
 
 The round-1 segmentation model (``train-seg``, its last checkpoint) predicts the training images
 with the recipe's test protocol (multi-scale + flip, + CRF); a fresh model is trained on those
-masks; the prediction splits are predicted and scored with it. Everything lives under
+masks with ``segmentation.cycle_loss`` (default plain cross-entropy: PMM's round-2 configs drop
+PUF, which only round 1's ``_pus`` config uses); the prediction splits are predicted and scored
+with it. Everything lives under
 ``cycle/`` so round 1 stays inspectable. Round 1's last checkpoint is used unless
 ``segmentation.select_by_val`` is on — then its best-val checkpoint, reported as chosen on val
 ground truth.
@@ -16,7 +18,13 @@ from wsss.engine import barrier
 from wsss.stages.context import StageContext
 from wsss.stages.predict import predict_split
 from wsss.stages.scoring import score_label_folder
-from wsss.stages.train_seg import VAL_LABEL, best_val_weights, load_trained_seg, train_segmentation
+from wsss.stages.train_seg import (
+    VAL_LABEL,
+    SegLoss,
+    best_val_weights,
+    load_trained_seg,
+    train_segmentation,
+)
 
 NAME = "cycle-seg"
 
@@ -44,7 +52,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "round1_checkpoint": VAL_LABEL if r.segmentation.select_by_val else "last",
     }
     if not weights.is_file():
-        out["train"] = train_segmentation(ctx, labels, root / "train-seg" / "state.pt", weights, NAME)
+        s = r.segmentation
+        loss = SegLoss(s.cycle_loss, s.cycle_loss_args, "segmentation.cycle_loss")
+        out["train"] = train_segmentation(ctx, labels, root / "train-seg" / "state.pt", weights, NAME, loss)
     barrier()
     model = load_trained_seg(ctx, train.num_classes, weights).to(ctx.device).eval()
     for split in _splits(ctx):

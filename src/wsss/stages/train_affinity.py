@@ -54,7 +54,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     seed_everything(r.seed)
     split = training_split(ctx)
     transform = train_transform(
-        resize_long=a.resize_long, crop_size=a.crop_size, flip=a.flip, color_jitter=a.color_jitter
+        resize_long=a.resize_long,
+        scale=a.scale,
+        crop_size=a.crop_size,
+        flip=a.flip,
+        color_jitter=a.color_jitter,
     )
     ds = PseudoLabelDataset(ctx.dataset(split), ctx.paths.label_dir, transform)
     model = build_affinity_model(ctx).to(ctx.device)

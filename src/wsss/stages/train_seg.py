@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +112,28 @@ def _val_selector(
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    return train_segmentation(ctx, label_source(ctx), ctx.paths.seg_state, ctx.paths.seg_weights, NAME)
+    s = ctx.recipe.segmentation
+    loss = SegLoss(s.loss, s.loss_args, "segmentation.loss")
+    return train_segmentation(ctx, label_source(ctx), ctx.paths.seg_state, ctx.paths.seg_weights, NAME, loss)
+
+
+@dataclass(frozen=True)
+class SegLoss:
+    """Which ``LOSSES`` entry a segmentation training run uses, and the recipe key that chose it."""
+
+    name: str
+    args: dict[str, Any]
+    where: str
+
+    def build(self) -> nn.Module:
+        return LOSSES.build(self.name, where=self.where, **self.args)
 
 
 def train_segmentation(
-    ctx: StageContext, source: Path | None, state_path: Path, weights_path: Path, name: str
+    ctx: StageContext, source: Path | None, state_path: Path, weights_path: Path, name: str, loss: SegLoss
 ) -> dict[str, Any]:
-    """Train a fresh segmentation model on ``source`` (None: ground truth); export it to ``weights_path``."""
+    """Train a fresh segmentation model on ``source`` (None: ground truth) with ``loss``; export it
+    to ``weights_path``."""
     r, s = ctx.recipe, ctx.recipe.segmentation
     seed_everything(r.seed)
     transform = train_transform(
@@ -128,7 +144,7 @@ def train_segmentation(
     else:
         ds = PseudoLabelDataset(ctx.dataset(r.data.train_split), source, transform)
     model = build_seg_model(ctx, ds.num_classes).to(ctx.device)
-    loss_fn = LOSSES.build(s.loss, where="segmentation.loss", **s.loss_args)
+    loss_fn = loss.build()
     aux_weight = float(getattr(model, "aux_weight", 0.0) or 0.0)
 
     def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -154,6 +170,7 @@ def train_segmentation(
         metrics["selected_by_val"] = json.loads(best_val_record(weights_path).read_text())
     metrics["labels"] = "ground truth" if source is None else str(source)
     metrics["init"] = getattr(model, "init_source", s.init)
+    metrics["loss"] = loss.name
     if ctx.dist.is_main:
         export_weights(
             weights_path,
@@ -165,6 +182,7 @@ def train_segmentation(
                 "classes": list(ds.class_names),
                 "labels": metrics["labels"],
                 "init": metrics["init"],
+                "loss": loss.name,
             },
         )
     return metrics

@@ -42,10 +42,21 @@ StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
 def build_optimizer(
     model: nn.Module, cfg: TrainerConfig, total_steps: int, compat: str
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """AdamW or SGD over one group, or over DeepLab-style groups when ``head_lr_mult`` ≠ 1."""
+    """AdamW or SGD over the model's parameter groups.
+
+    Groups, in order of precedence: the model's own ``optimizer_groups(lr, weight_decay,
+    head_lr_mult)`` when it defines one (IRN: edge ×1, displacement ×``head_lr_mult``, decay on
+    all, as ``train_irn.py``); DeepLab-style groups from its ``head_names`` when
+    ``head_lr_mult`` ≠ 1; else one group. ``compat`` is the recipe's; ``cfg.compat`` overrides it
+    for this stage.
+    """
+    compat = cfg.compat or compat
+    own_groups = getattr(model, "optimizer_groups", None)
     head_names = tuple(getattr(model, "head_names", ()))
-    if cfg.head_lr_mult != 1.0 and head_names:
-        params: Any = param_groups(model, head_names, cfg.lr, cfg.weight_decay, head_lr_mult=cfg.head_lr_mult)
+    if callable(own_groups):
+        params: Any = own_groups(cfg.lr, cfg.weight_decay, cfg.head_lr_mult)
+    elif cfg.head_lr_mult != 1.0 and head_names:
+        params = param_groups(model, head_names, cfg.lr, cfg.weight_decay, head_lr_mult=cfg.head_lr_mult)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
