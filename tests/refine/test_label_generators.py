@@ -28,10 +28,10 @@ def _cfg(**kw) -> dict:
 
 
 def test_generators_by_name_without_crf() -> None:
-    threshold = LABEL_GENERATORS.get("threshold")(CAMS, KEYS, _never_read, _cfg(bg_threshold=0.3))
+    threshold = LABEL_GENERATORS.get("threshold")(CAMS, KEYS, _never_read, _cfg(bg_threshold=0.3), 4)
     assert threshold.tolist() == [[3, 3, 0, 0]] and threshold.dtype == np.uint8
     confident = LABEL_GENERATORS.get("confident")(
-        CAMS, KEYS, _never_read, _cfg(fg_threshold=0.6, low_threshold=0.25)
+        CAMS, KEYS, _never_read, _cfg(fg_threshold=0.6, low_threshold=0.25), 4
     )
     assert confident.tolist() == [[3, 255, 0, 0]]
 
@@ -41,8 +41,37 @@ def test_alpha_generator_hand_computed() -> None:
     # background (1 - s)^alpha: alpha 1 -> 0.1, 0.5, 0.8, 1.0; alpha 4 -> 0.0001, 0.0625, 0.41, 1.0.
     # la (alpha_fg 1): class where s > 1 - s, i.e. pixel 0 only; ha (alpha_bg 4): background where
     # (1 - s)^4 >= s: pixels 2 and 3. So 3, uncertain, 0, 0.
-    got = LABEL_GENERATORS.get("alpha")(CAMS, KEYS, lambda: image, _cfg(alpha_fg=1.0, alpha_bg=4.0, crf=None))
+    got = LABEL_GENERATORS.get("alpha")(
+        CAMS, KEYS, lambda: image, _cfg(alpha_fg=1.0, alpha_bg=4.0, crf=None), 4
+    )
     assert got.tolist() == [[3, 255, 0, 0]]
+
+
+def test_alpha_generator_refuses_the_dataset_label_space() -> None:
+    with pytest.raises(ConfigError, match="crf_label_space"):
+        LABEL_GENERATORS.get("alpha")(CAMS, KEYS, _never_read, _cfg(crf_label_space="dataset"), 4)
+
+
+@pytest.mark.parametrize("mode", ["threshold", "confident"])
+@pytest.mark.parametrize("space", ["present", "dataset"])
+def test_generators_pass_the_crf_label_space(monkeypatch: pytest.MonkeyPatch, mode: str, space: str) -> None:
+    """``crf_label_space: dataset`` runs the label CRF over all 21 labels in label-space ids;
+    ``present`` over background + the tagged class in compact ids (IRN)."""
+    import wsss.refine.crf as crf_module
+
+    seen: list[tuple[int, set[int]]] = []
+
+    def fake_crf_labels(image, labels, params, *, n_labels, backend):
+        seen.append((n_labels, set(np.unique(labels).tolist())))
+        return labels
+
+    monkeypatch.setattr(crf_module, "crf_labels", fake_crf_labels)
+    image = np.zeros((1, 4, 3), np.uint8)
+    cfg = _cfg(mode=mode, bg_threshold=0.3, crf="label", crf_label_space=space)
+    got = LABEL_GENERATORS.get(mode)(CAMS, KEYS, lambda: image, cfg, 21)
+    want_n, want_ids = (21, {0, 3}) if space == "dataset" else (2, {0, 1})
+    assert seen and all(n == want_n and ids == want_ids for n, ids in seen)
+    assert set(np.unique(got).tolist()) <= {0, 3, 255}
 
 
 def test_unknown_mode_fails_before_any_work(tmp_path: Path) -> None:

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.refine.mining import alpha_scores, mine_labels_alpha, mine_labels_thresholds
+from wsss.refine.crf import label_space_crf
+from wsss.refine.mining import (
+    alpha_scores,
+    mine_labels_alpha,
+    mine_labels_thresholds,
+    threshold_labels_crf,
+)
 from wsss.refine.seeds import confident_labels
 
 BACKENDS = ["torch", pytest.param("exact", marks=pytest.mark.crf)]
@@ -110,3 +116,56 @@ def test_alpha_mining_with_crf_recovers_the_object(backend: str) -> None:
     assert (plain[14:18, 16:20] == 255).all()
     got = mine_labels_alpha(image, cams, [3], crf="psa", backend=backend)  # ... until the CRF fills it
     np.testing.assert_array_equal(got, mask)
+
+
+# A faint square object (CAM 0.9) on a grey image, `contrast` grey levels brighter than the
+# background: the label CRF keeps it only when a non-chosen label is expensive. With the image's
+# own labels (background + class 3) a non-chosen label costs -log(0.3) = 1.20; with VOC's 21
+# labels -log(0.3/20) = 4.20, so the object's unary holds against the bilateral pull of the
+# background. The (size, contrast) of each backend sits between the two break points
+# (exact: the object survives from contrast 6 with 2 labels and from 5 with 21; torch: 10 and 9).
+LABEL_SPACE_CASES = [
+    pytest.param("exact", 8, 5, marks=pytest.mark.crf),
+    pytest.param("torch", 4, 9),
+]
+
+
+@pytest.mark.parametrize(("backend", "size", "contrast"), LABEL_SPACE_CASES)
+def test_crf_label_space_decides_whether_a_faint_object_survives(backend: str, size: int, contrast: int) -> None:
+    _skip_if_missing(backend)
+    image = np.full((32, 32, 3), 128, np.uint8)
+    image[8 : 8 + size, 8 : 8 + size] = 128 + contrast
+    cams = np.zeros((1, 32, 32), np.float32)
+    cams[0, 8 : 8 + size, 8 : 8 + size] = 0.9
+    present = threshold_labels_crf(image, cams, [3], 0.5, "label", backend, label_space=None)
+    dataset = threshold_labels_crf(image, cams, [3], 0.5, "label", backend, label_space=21)
+    assert (present == 3).sum() == 0  # 2 labels: the CRF flips the object to background
+    assert (dataset == 3).sum() == size * size  # 21 labels: the object stays, exactly
+    assert (dataset[cams[0] == 0] == 0).all()
+
+
+def test_label_space_crf_maps_ids_and_checks_the_space() -> None:
+    image = np.full((6, 6, 3), 100, np.uint8)
+    labels = np.zeros((6, 6), np.int64)
+    labels[1:5, 1:5] = 7
+    image[labels == 7] = 200
+    out = label_space_crf(image, labels, [7, 12], "label", label_space=None, backend="torch")
+    np.testing.assert_array_equal(out, labels)  # a clear object keeps its label-space id 7
+    out = label_space_crf(image, labels, [7, 12], "label", label_space=21, backend="torch")
+    np.testing.assert_array_equal(out, labels)
+    with pytest.raises(ValueError, match="label space of 5"):
+        label_space_crf(image, labels, [7], "label", label_space=5, backend="torch")
+
+
+def test_random_walk_crf_uses_the_recipe_label_space() -> None:
+    """The walk's CRF (TransCAM infer_aff: 21 labels) keeps the faint object that the IRN-style
+    label space (background + the image's tags) drops."""
+    from wsss.stages.random_walk import crf_refine
+
+    image = np.full((32, 32, 3), 128, np.uint8)
+    image[8:12, 8:12] = 137
+    walked = np.zeros((32, 32), np.uint8)
+    walked[8:12, 8:12] = 3
+    keys = np.array([3, 9])
+    assert (crf_refine(image, walked, keys, "label", "torch", None) == 3).sum() == 0
+    assert (crf_refine(image, walked, keys, "label", "torch", 21) == 3).sum() == 16

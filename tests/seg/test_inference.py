@@ -20,6 +20,7 @@ from wsss.seg.inference import (
     tile_starts,
     window_stride,
 )
+from wsss.seg.inference import _tiles
 
 CLASSES = 4
 
@@ -75,14 +76,56 @@ def _image(h: int, w: int, seed: int = 0, dtype: torch.dtype = torch.float64) ->
 # ---------------------------------------------------------------------------------------------
 
 
-def test_tile_starts_cover_with_padded_last_tile() -> None:
+def _mmseg_starts(length: int, window: int, stride: int) -> list[int]:
+    """mmseg ``slide_inference`` window starts along one axis, written out independently."""
+    grids = max(length - window + stride - 1, 0) // stride + 1
+    starts = []
+    for k in range(grids):
+        end = min(k * stride + window, length)
+        starts.append(max(end - window, 0))
+    return starts
+
+
+def test_tile_starts_hand_worked() -> None:
+    # PMM: crop 512, stride 480. 1000 px → grids (488 + 479) // 480 + 1 = 3 at 0, 480, 960; the
+    # last one is moved back to 1000 - 512 = 488
+    assert tile_starts(1000, 512, 480) == [0, 480, 488]
+    assert tile_starts(512, 512, 480) == [0]
+    assert tile_starts(513, 512, 480) == [0, 1]  # one pixel over: a second window shifted to 1
+    assert tile_starts(992, 512, 480) == [0, 480]  # 480 + 512 == 992: exact cover, no shift
     assert tile_starts(10, 4, 3) == [0, 3, 6]  # 6 + 4 == 10: exact cover
-    assert tile_starts(11, 4, 3) == [0, 3, 6, 9]  # last tile overhangs by 2 (padded)
+    assert tile_starts(11, 4, 3) == [0, 3, 6, 7]  # 9 would overhang by 2 → moved back to 7
     assert tile_starts(4, 4, 3) == [0]
-    assert tile_starts(3, 4, 3) == [0]
-    for length in range(1, 40):
-        starts = tile_starts(length, 7, 5)
-        assert starts[-1] + 7 >= length and (len(starts) == 1 or starts[-2] + 7 < length)
+    assert tile_starts(125, 64, 60) == [0, 60, 61]  # pixels 61..63 are covered three times
+
+
+def test_short_side_is_one_unpadded_window() -> None:
+    """A side shorter than the window is one window of that side (mmseg crops y1:min(y1+h, H))."""
+    shape, tiles = _tiles((300, 1000), 512, 1 / 16)
+    assert shape == (300, 512)
+    assert [(t.y, t.x, t.h, t.w) for t in tiles] == [(0, 0, 300, 512), (0, 480, 300, 512), (0, 488, 300, 512)]
+    assert tile_starts(300, 300, 480) == [0]
+    shape, tiles = _tiles((300, 200), 512, 1 / 16)
+    assert shape == (300, 200) and [(t.y, t.x, t.h, t.w) for t in tiles] == [(0, 0, 300, 200)]
+
+
+def test_tiles_lie_inside_the_image_and_cover_it() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 200, size=2))
+        window = int(rng.integers(1, 80))
+        overlap = float(rng.choice([0.0, 1 / 16, 1 / 3, 0.5, 0.9]))
+        stride = window_stride(window, overlap)
+        shape, tiles = _tiles((h, w), window, overlap)
+        assert shape == (min(window, h), min(window, w))
+        count = np.zeros((h, w), dtype=int)
+        for t in tiles:
+            assert 0 <= t.y and t.y + t.h <= h and 0 <= t.x and t.x + t.w <= w
+            assert (t.h, t.w) == shape
+            count[t.y : t.y + t.h, t.x : t.x + t.w] += 1
+        assert count.min() >= 1
+        assert tile_starts(h, shape[0], stride) == _mmseg_starts(h, min(window, h), stride)
+        assert tile_starts(w, shape[1], stride) == _mmseg_starts(w, min(window, w), stride)
 
 
 def test_window_stride_and_validation() -> None:
@@ -211,7 +254,7 @@ def test_batched_uses_one_forward_per_scale() -> None:
 
     img = _image(30, 40)
     predict_probs(counting, img, num_classes=CLASSES, scales=(0.5, 1.0), flip=True, window=16)
-    # scale 0.5 → 15×20: tile 15×16 at x 0, 11 → 2 tiles; scale 1 → 30×40: 3×4 = 12 tiles; ×2 flips
+    # scale 0.5 → 15×20: tile 15×16 at x 0, 4 (11 shifted back inside) → 2 tiles; scale 1 → 30×40: 3×4 = 12 tiles; ×2 flips
     assert calls == [4, 24]
     calls.clear()
     predict_probs(counting, img, num_classes=CLASSES, scales=(0.5, 1.0), flip=True, batched=False)
@@ -236,6 +279,66 @@ def test_sliding_window_really_tiles() -> None:
     whole = predict_probs(net, img, num_classes=CLASSES)
     tiled = predict_probs(net, img, num_classes=CLASSES, window=16, overlap=0.25)
     assert (tiled - whole).abs().max() > 1e-3
+
+
+def test_pixel_net_with_shifted_and_triple_covered_windows() -> None:
+    """125×130 at window 64 / stride 60: rows at 0, 60, 61 and columns at 0, 60, 66, so some pixels
+    are seen by up to 9 windows; a per-pixel net must still give the whole-image answer."""
+    net = PixelNet()
+    img = _image(125, 130, seed=6, dtype=torch.float32)
+    assert window_stride(64, 1 / 16) == 60
+    for mode in ("logits", "probs"):
+        whole = predict_probs(net, img, num_classes=CLASSES, mode=mode, flip=True)
+        tiled = predict_probs(net, img, num_classes=CLASSES, mode=mode, flip=True, window=64, overlap=1 / 16)
+        assert torch.allclose(tiled, whole, atol=1e-5)
+
+
+def _coordinate_image(h: int, w: int) -> torch.Tensor:
+    """Channels: row index, column index, ones — a crop tells where it came from and if it was padded."""
+    rows = torch.arange(h, dtype=torch.float64).view(h, 1).expand(h, w)
+    cols = torch.arange(w, dtype=torch.float64).view(1, w).expand(h, w)
+    return torch.stack([rows, cols, torch.ones(h, w, dtype=torch.float64)])
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_windows_fed_to_the_model_are_mmseg_crops(batched: bool) -> None:
+    """Record every crop the model receives: each is an unpadded piece of the image at mmseg's places."""
+    h, w, window, overlap = 45, 23, 16, 0.25  # stride 12: rows 0, 12, 24, 29; columns 0, 7
+    img = _coordinate_image(h, w)
+    seen: list[tuple[int, int, int, int]] = []
+
+    def recording(x: torch.Tensor) -> torch.Tensor:
+        for crop in x:
+            ch, cw = crop.shape[-2:]
+            y0, x0 = int(crop[0, 0, 0]), int(crop[1, 0, 0])
+            assert torch.equal(crop, img[:, y0 : y0 + ch, x0 : x0 + cw])  # nothing padded or moved
+            seen.append((y0, x0, ch, cw))
+        return torch.zeros(x.shape[0], CLASSES, *x.shape[-2:], dtype=x.dtype)
+
+    predict_probs(recording, img, num_classes=CLASSES, window=window, overlap=overlap, batched=batched)
+    stride = window_stride(window, overlap)
+    expected = [(y, x, 16, 16) for y in _mmseg_starts(h, 16, stride) for x in _mmseg_starts(w, 16, stride)]
+    assert seen == expected == [(y, x, 16, 16) for y in (0, 12, 24, 29) for x in (0, 7)]
+    assert all(y + ch <= h and x + cw <= w for y, x, ch, cw in seen)
+
+
+def test_sliding_window_matches_an_mmseg_reference() -> None:
+    """A net with a 3×3 receptive field (it sees tile borders) against mmseg's slide loop written out."""
+    net = StridedNet()
+    img = _image(37, 29, seed=7)
+    window, overlap = 16, 0.25
+    stride = window_stride(window, overlap)
+    preds = torch.zeros(1, CLASSES, 37, 29, dtype=torch.float64)
+    count = torch.zeros(1, 1, 37, 29, dtype=torch.float64)
+    for y in _mmseg_starts(37, window, stride):
+        for x in _mmseg_starts(29, window, stride):
+            crop = img[None, :, y : y + window, x : x + window]
+            out = F.interpolate(net(crop), size=crop.shape[-2:], mode="bilinear", align_corners=False)
+            preds[..., y : y + window, x : x + window] += out
+            count[..., y : y + window, x : x + window] += 1
+    expected = (preds / count)[0].softmax(0)
+    got = predict_probs(net, img, num_classes=CLASSES, window=window, overlap=overlap)
+    assert torch.allclose(got, expected, atol=1e-10)
 
 
 def test_scales_change_nothing_for_a_colour_only_net() -> None:

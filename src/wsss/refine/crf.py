@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import importlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -260,6 +261,36 @@ def dense_crf(
     if resolve_backend(backend) == "exact":
         return _run_exact(img, unary, p)
     return _run_torch(img, unary, p, device)
+
+
+def label_space_crf(
+    image: np.ndarray,
+    labels: np.ndarray,
+    present: Sequence[int],
+    params: str | CRFParams,
+    *,
+    label_space: int | None = None,
+    backend: str = "auto",
+) -> np.ndarray:
+    """Label-unary CRF of a map of label-space ids (0 background, class ids), in those ids.
+
+    Which labels the CRF chooses among decides how easily it flips a pixel: with ``n`` labels a
+    non-chosen one costs ``-log((1 − gt_prob)/(n − 1))``, 1.20 for 2 labels and 4.20 for 21
+    (gt_prob 0.7). ``label_space=None`` (IRN's ``cam_to_ir_label``): background and the
+    ``present`` classes, in compact indices; an int (TransCAM/PSA ``crf_inference_label``,
+    ``n_labels=21`` on VOC): every label ``0..label_space−1``, so absent classes spread the
+    remaining probability too. Returns HxW int64 label-space ids.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if label_space is not None:
+        if labels.size and labels.max() >= label_space:
+            raise ValueError(f"label id {labels.max()} outside the label space of {label_space} labels")
+        return crf_labels(image, labels, params, n_labels=label_space, backend=backend)
+    lut = np.unique(np.concatenate([[0], np.asarray(present, dtype=np.int64).ravel(), labels.ravel()]))
+    if len(lut) < 2:  # background only: nothing to choose between
+        return labels
+    compact = np.searchsorted(lut, labels)
+    return lut[crf_labels(image, compact, params, n_labels=len(lut), backend=backend)]
 
 
 def crf_labels(

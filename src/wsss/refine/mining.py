@@ -12,7 +12,9 @@ Two schemes are in use:
   background, each stack refined by the softmax-unary CRF.
 
 ``cams`` is (n_keys, H, W) float in [0, 1] at image resolution and ``keys`` the label-space class
-ids (1..K) of its planes; CRF labels 0..n_keys are mapped back through ``[0, *keys]``.
+ids (1..K) of its planes. ``label_space`` chooses the labels a label-unary CRF picks among
+(:func:`wsss.refine.crf.label_space_crf`): None = background + ``keys`` (IRN), or the dataset's
+label count (TransCAM/PSA: 21 on VOC).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from wsss.data.palette import IGNORE_INDEX
-from wsss.refine.crf import CRFParams, crf_labels, dense_crf, resolve_params
+from wsss.refine.crf import CRFParams, dense_crf, label_space_crf, resolve_params
 
 
 def _check_inputs(image: np.ndarray, cams: np.ndarray, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -50,16 +52,18 @@ def _combine(fg_conf: np.ndarray, bg_conf: np.ndarray) -> np.ndarray:
 def _threshold_pass(
     image: np.ndarray,
     cams: np.ndarray,
+    lut: np.ndarray,
     threshold: float,
     crf: CRFParams | None,
     backend: str,
+    label_space: int | None,
 ) -> np.ndarray:
-    """Label indices 0..n of argmax([threshold, cams]) (ties → background), optionally label-CRF'd."""
+    """Label-space ids of argmax([threshold, cams]) (ties → background), optionally label-CRF'd."""
     stack = np.concatenate([np.full((1, *cams.shape[1:]), threshold, dtype=np.float32), cams], axis=0)
-    hard = np.argmax(stack, axis=0)
+    hard = lut[np.argmax(stack, axis=0)]
     if crf is None:
         return hard
-    return crf_labels(image, hard, crf, n_labels=stack.shape[0], backend=backend)
+    return label_space_crf(image, hard, lut[1:], crf, label_space=label_space, backend=backend)
 
 
 def threshold_labels_crf(
@@ -69,12 +73,14 @@ def threshold_labels_crf(
     threshold: float,
     crf: str | CRFParams = "label",
     backend: str = "auto",
+    label_space: int | None = None,
 ) -> np.ndarray:
     """Constant-threshold seed labels (HxW uint8, label-space ids) sharpened by a label CRF."""
     cams, lut = _check_inputs(image, cams, keys)
     if len(keys) == 0:
         return np.zeros(cams.shape[1:], dtype=np.uint8)
-    return lut[_threshold_pass(image, cams, threshold, resolve_params(crf), backend)].astype(np.uint8)
+    params = resolve_params(crf)
+    return _threshold_pass(image, cams, lut, threshold, params, backend, label_space).astype(np.uint8)
 
 
 def mine_labels_thresholds(
@@ -85,6 +91,7 @@ def mine_labels_thresholds(
     bg_threshold: float,
     crf: str | CRFParams | None = "label",
     backend: str = "auto",
+    label_space: int | None = None,
 ) -> np.ndarray:
     """IRN / TransCAM confident labels (HxW uint8; 0 bg, class ids, 255 uncertain).
 
@@ -99,8 +106,8 @@ def mine_labels_thresholds(
     if len(keys) == 0:  # nothing but background in the image: everything is confident background
         return np.zeros(cams.shape[1:], dtype=np.uint8)
     params = None if crf is None else resolve_params(crf)
-    fg_conf = lut[_threshold_pass(image, cams, fg_threshold, params, backend)]
-    bg_conf = lut[_threshold_pass(image, cams, bg_threshold, params, backend)]
+    fg_conf = _threshold_pass(image, cams, lut, fg_threshold, params, backend, label_space)
+    bg_conf = _threshold_pass(image, cams, lut, bg_threshold, params, backend, label_space)
     return _combine(fg_conf, bg_conf)
 
 

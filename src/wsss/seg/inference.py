@@ -6,7 +6,9 @@ in the details that move mIoU by a point or two:
 * TransCAM/BNR (DeepLab-LargeFOV): scales 0.5–1.75 relative to the image, + flip, the logits
   are averaged over all passes and then softmaxed, then the 1-iteration ``deeplab`` CRF.
 * PMM (PSPNet, mmseg ``aug_test``): the same scales applied to a short side of 512, + flip,
-  512×512 sliding window at stride 480, the *softmax* outputs are averaged, then a CRF.
+  512×512 sliding window at stride 480 (mmseg ``slide_inference``: the last window is shifted back
+  inside the image, nothing is padded, overlaps are averaged), the *softmax* outputs are
+  averaged, then a CRF.
 * UniA: square 448·s inputs for s ∈ {1, 1.25, 1.5}; the flip pair's logits are summed, the
   maximum over scales is softmaxed, then the ``toco`` CRF.
 
@@ -20,7 +22,6 @@ and then to the image size, so passes at different scales line up pixel for pixe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -80,20 +81,22 @@ def window_stride(window: int, overlap: float) -> int:
 
 
 def tile_starts(length: int, window: int, stride: int) -> list[int]:
-    """Offsets of ``window``-long tiles every ``stride`` that cover ``[0, length)``.
+    """Offsets of the windows along one axis, as mmseg's ``slide_inference`` places them.
 
-    The last tile may run past the end; its overhang is padded. A side no longer than the window
-    is one tile.
+    ``max(length − window + stride − 1, 0) // stride + 1`` windows start every ``stride``; a
+    window that would run past the end is moved back to end at ``length``, so no window needs
+    padding (e.g. 1000 px, window 512, stride 480 → 0, 480, 488). A side no longer than the window
+    is one window at 0 (which :func:`_tiles` shrinks to the side).
     """
-    if length <= window:
-        return [0]
-    count = math.ceil((length - window) / stride) + 1
-    return [i * stride for i in range(count)]
+    if length < 1 or window < 1 or stride < 1:
+        raise ValueError(f"tile_starts needs positive sizes, got length={length} window={window} stride={stride}")
+    count = max(length - window + stride - 1, 0) // stride + 1
+    return [max(min(i * stride, length - window), 0) for i in range(count)]
 
 
 @dataclass(frozen=True)
 class _Tile:
-    """One window of the scaled input: top-left corner and the part inside the image."""
+    """One window of the scaled input: its top-left corner and size (always inside the image)."""
 
     y: int
     x: int
@@ -104,19 +107,17 @@ class _Tile:
 def _tiles(size: tuple[int, int], window: int | None, overlap: float) -> tuple[tuple[int, int], list[_Tile]]:
     """The tile shape fed to the network and the tiles covering ``size``.
 
-    Without a window the whole input is one tile. A side shorter than the window is not padded up
-    to it: the tile shrinks to that side (as mmseg does), so small images cost no padding.
+    Without a window the whole input is one tile. Every tile lies inside the input, the last one
+    on an axis shifted back to end at the border (mmseg), so none is padded. A side shorter than
+    the window is not padded up to it either: the tile shrinks to that side (mmseg crops
+    ``y1:min(y1 + window, h)``), so every tile has the same shape and small inputs cost nothing.
     """
     h, w = size
     if window is None:
         return (h, w), [_Tile(0, 0, h, w)]
     stride = window_stride(window, overlap)
     th, tw = min(window, h), min(window, w)
-    tiles = [
-        _Tile(y, x, min(th, h - y), min(tw, w - x))
-        for y in tile_starts(h, th, stride)
-        for x in tile_starts(w, tw, stride)
-    ]
+    tiles = [_Tile(y, x, th, tw) for y in tile_starts(h, th, stride) for x in tile_starts(w, tw, stride)]
     return (th, tw), tiles
 
 
@@ -162,11 +163,9 @@ def _resize(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torc
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
-def _crop(x: torch.Tensor, tile: _Tile, shape: tuple[int, int]) -> torch.Tensor:
-    """The tile's (3, th, tw) input: the part inside the image, zero-padded (the mean colour after
-    normalisation) at the bottom/right where the tile runs past the image."""
-    part = x[:, tile.y : tile.y + tile.h, tile.x : tile.x + tile.w]
-    return F.pad(part, (0, shape[1] - tile.w, 0, shape[0] - tile.h))
+def _crop(x: torch.Tensor, tile: _Tile) -> torch.Tensor:
+    """The tile's (3, th, tw) input, cut out of ``x`` (tiles lie inside it: nothing is padded)."""
+    return x[:, tile.y : tile.y + tile.h, tile.x : tile.x + tile.w]
 
 
 def _pass_logits(
@@ -183,12 +182,13 @@ def _pass_logits(
 ) -> torch.Tensor:
     """(P, C, h, w) logits of the P passes over the scaled input ``x`` (3, h, w): plain, then flipped.
 
-    Each tile's output is upsampled to the tile, the flipped tile's output is flipped back, the
-    valid part is added into the pass's canvas, and overlapping tiles are averaged by a count map.
+    Each tile's output is upsampled to the tile, the flipped tile's output is flipped back and
+    added into the pass's canvas; overlapping tiles' logits are averaged by a per-pixel count
+    (mmseg ``slide_inference``: sum, then divide by the count).
     """
     size = (x.shape[-2], x.shape[-1])
     shape, tiles = _tiles(size, window, overlap)
-    crops = [_crop(x, t, shape) for t in tiles]
+    crops = [_crop(x, t) for t in tiles]
     flips = (False, True) if flip else (False,)
     jobs = [(t, crop, flipped) for flipped in flips for t, crop in zip(tiles, crops)]
     inputs = [crop.flip(-1) if flipped else crop for _, crop, flipped in jobs]
@@ -208,7 +208,7 @@ def _pass_logits(
         up = _resize(out[None], shape, align_corners)[0]
         if flipped:
             up = up.flip(-1)
-        canvas[int(flipped), :, t.y : t.y + t.h, t.x : t.x + t.w] += up[:, : t.h, : t.w]
+        canvas[int(flipped), :, t.y : t.y + t.h, t.x : t.x + t.w] += up
     return canvas / count
 
 
@@ -254,7 +254,8 @@ def predict_probs(
 
     For every scale the image is resized bilinearly (align_corners False; sizes from
     :func:`scaled_size` with ``scale_mode``) and run through ``model`` (whole, or tiled with
-    ``window``-pixel windows overlapping by ``overlap``); with ``flip`` the mirrored input is a
+    ``window``-pixel windows overlapping by ``overlap``, placed as mmseg's ``slide_inference``
+    places them: see :func:`tile_starts`); with ``flip`` the mirrored input is a
     second pass, un-mirrored. A pass's logits are upsampled to its input and then to (H, W)
     (``align_corners`` for these logit resizes; TransCAM's DeepLab uses True). Passes combine by
     ``mode``:

@@ -31,17 +31,19 @@ def is_complete(ctx: StageContext) -> bool:
     return all_written(ctx, ctx.paths.label_dir, ".png") and (ctx.paths.eval_dir / "labels.json").is_file()
 
 
-def make_label(cfg: dict[str, Any], cam_path: Path, image_path: Path) -> np.ndarray:
-    """One pseudo-label (HxW uint8) from one CAM file; ``cfg`` is a ``LabelConfig`` as a dict."""
+def make_label(cfg: dict[str, Any], cam_path: Path, image_path: Path, num_classes: int) -> np.ndarray:
+    """One pseudo-label (HxW uint8) from one CAM file; ``cfg`` is a ``LabelConfig`` as a dict and
+    ``num_classes`` the dataset's label count with background."""
     rec = load_cam(cam_path)
     generate = LABEL_GENERATORS.get(cfg["mode"], "labels.mode")
-    return generate(rec.full_resolution(), rec.keys.astype(np.int64), partial(read_image, image_path), cfg)
+    image = partial(read_image, image_path)
+    return generate(rec.full_resolution(), rec.keys.astype(np.int64), image, cfg, num_classes)
 
 
-def _write_one(job: tuple[dict[str, Any], Path, Path, Path]) -> None:
+def _write_one(job: tuple[dict[str, Any], Path, Path, Path, int]) -> None:
     """Pool task (module level, so it pickles): make one label and write it atomically."""
-    cfg, cam_path, image_path, out_path = job
-    write_label_png(out_path, make_label(cfg, cam_path, image_path))
+    cfg, cam_path, image_path, out_path, num_classes = job
+    write_label_png(out_path, make_label(cfg, cam_path, image_path, num_classes))
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -49,7 +51,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg = asdict(r.labels)
     folder, cam_dir = ctx.paths.label_dir, ctx.paths.cam_dir
     jobs = [
-        (cfg, cam_dir / f"{ds.names[i]}.npz", ds.image_path(i), folder / f"{ds.names[i]}.png")
+        (cfg, cam_dir / f"{ds.names[i]}.npz", ds.image_path(i), folder / f"{ds.names[i]}.png", ds.num_classes)
         for ds, i in pending(ctx, folder, ".png")
     ]
     done = sum(

@@ -9,19 +9,18 @@ sharded; the seed-evaluation split is scored against its ground truth.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from wsss.cams.files import load_cam
+from wsss.cams.files import CamRecord, load_cam
 from wsss.cams.inference import normalise_image
 from wsss.data.images import read_image
 from wsss.data.palette import write_label_png
 from wsss.engine import barrier
-from wsss.refine.crf import crf_labels
+from wsss.refine.crf import label_space_crf
 from wsss.refine.random_walk import WalkSettings
 from wsss.stages.affinity_kinds import walk_image
 from wsss.stages.context import StageContext
@@ -48,22 +47,27 @@ def walk_settings(ctx: StageContext) -> WalkSettings:
 
 
 def walk_one(
-    model: torch.nn.Module, image: np.ndarray, cam_path: Path, settings: WalkSettings, device: torch.device
+    model: torch.nn.Module, image: np.ndarray, rec: CamRecord, settings: WalkSettings, device: torch.device
 ) -> np.ndarray:
-    """The random-walk label map (H×W uint8, label-space ids) of one image."""
-    rec = load_cam(cam_path)
+    """The random-walk label map (H×W uint8, label-space ids) of one image and its CAM record."""
     x = normalise_image(torch.as_tensor(image).permute(2, 0, 1).to(device))
     keys = torch.as_tensor(rec.keys.astype(np.int64))
     return walk_image(model, x, rec.full_resolution(device=device), keys, settings)
 
 
-def crf_refine(image: np.ndarray, label: np.ndarray, preset: str, backend: str) -> np.ndarray:
-    """Label CRF over the classes present, in compact indices (0 and the image's classes)."""
-    lut = np.unique(np.concatenate([[0], label.ravel()]))
-    if len(lut) < 2:  # background only: nothing to sharpen
-        return label
-    compact = np.searchsorted(lut, label)
-    return lut[crf_labels(image, compact, preset, n_labels=len(lut), backend=backend)].astype(np.uint8)
+def crf_refine(
+    image: np.ndarray,
+    label: np.ndarray,
+    keys: np.ndarray,
+    preset: str,
+    backend: str,
+    label_space: int | None,
+) -> np.ndarray:
+    """Label CRF of the walked map: over background + the image's classes ``keys`` (label_space
+    None), or over the dataset's ``label_space`` labels (TransCAM's ``infer_aff``: 21 on VOC)."""
+    return label_space_crf(image, label, keys, preset, label_space=label_space, backend=backend).astype(
+        np.uint8
+    )
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -76,9 +80,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         for ds, i in tqdm(todo, desc=NAME, unit="img", disable=not ctx.dist.is_main):
             name = ds.names[i]
             image = read_image(ds.image_path(i))
-            label = walk_one(model, image, ctx.paths.cam_dir / f"{name}.npz", settings, ctx.device)
+            rec = load_cam(ctx.paths.cam_dir / f"{name}.npz")
+            label = walk_one(model, image, rec, settings, ctx.device)
             if w.crf is not None:
-                label = crf_refine(image, label, w.crf, w.crf_backend)
+                space = ds.num_classes if w.crf_label_space == "dataset" else None
+                label = crf_refine(image, label, rec.keys, w.crf, w.crf_backend, space)
             write_label_png(folder / f"{name}.png", label)
     barrier()
     out: dict[str, Any] = {"written": len(todo)}
