@@ -100,3 +100,18 @@ def test_every_shipped_recipe_names_known_components(name: str) -> None:
     recipe = load_recipe(name)
     check_stages(recipe.stages)
     check_components(recipe, recipe.stages)
+
+
+def test_recipes_show_prints_the_resolved_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+    """`wsss recipes --show` prints every setting a run would use; the text loads back to the same recipe."""
+    from wsss.cli import main
+
+    assert main(["recipes", "--show", "voc/bnr", "--set", "affinity.lr=0.02"]) == 0
+    text = capsys.readouterr().out
+    tree = yaml.safe_load(text)
+    assert tree["classifier"]["method"] == "bnr"  # from voc/bnr itself
+    assert tree["affinity"]["compat"] == "authors_code"  # inherited from voc/transcam
+    assert tree["labels"]["crf_label_space"] == "dataset"
+    assert tree["affinity"]["lr"] == 0.02  # the override
+    assert to_dict(recipe_from_dict(tree)) == to_dict(load_recipe("voc/bnr", ["affinity.lr=0.02"]))
+    assert "scales: [256.0, 512.0, 768.0]" in text  # plain lists stay on one line

@@ -11,6 +11,7 @@ from wsss.config import load_recipe
 from wsss.data.palette import read_label_png
 from wsss.data.synth import generate_synth
 from wsss.pipeline import run_pipeline
+from wsss.registry import LOSSES
 
 TINY = [
     "classifier.epochs=1",
@@ -56,14 +57,34 @@ def test_seg_stages_write_scored_predictions(synth_root: Path, tmp_path: Path, l
     assert record["stages"]["predict"]["metrics"]["val"]["miou"] == saved["scores"]["miou"]
 
 
-def test_cycle_round_trains_on_round_one_predictions(synth_root: Path, tmp_path: Path) -> None:
+def test_cycle_round_trains_on_round_one_predictions(
+    synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 1 trains with PUF; the cyclic round with plain CE (PMM's round-2 configs)."""
+    built: list[tuple[str, str]] = []
+    build = LOSSES.build
+
+    def spy(name: str, where: str = "", **kwargs):
+        built.append((name, where))
+        return build(name, where, **kwargs)
+
+    monkeypatch.setattr(LOSSES, "build", spy)
     recipe = load_recipe(
         "synth/bnr-nano",
-        [f"data.root={synth_root}", "stages=[train-seg,predict,cycle-seg]", "segmentation.labels=gt", *TINY],
+        [
+            f"data.root={synth_root}",
+            "stages=[train-seg,predict,cycle-seg]",
+            "segmentation.labels=gt",
+            "segmentation.loss=puf",
+            *TINY,
+        ],
     )
     run = tmp_path / "cycle"
     record = run_pipeline(recipe, run, device="cpu")
+    assert built == [("puf", "segmentation.loss"), ("ce", "segmentation.cycle_loss")]
+    assert record["stages"]["train-seg"]["metrics"]["loss"] == "puf"
     cycle = record["stages"]["cycle-seg"]["metrics"]
+    assert cycle["train"]["loss"] == "ce"
     round1 = sorted((run / "cycle" / "labels").glob("*.png"))
     assert cycle["round1_masks_written"] == len(round1) == 12  # every training image
     assert cycle["train"]["labels"] == str(run / "cycle" / "labels")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wsss.config import load_recipe, recipe_names
+from wsss.config import load_recipe, recipe_names, recipe_yaml
 
 # The eval-cams stage runs through ``wsss run --stages eval-cams``; the ``eval-cams`` command
 # itself (wsss.cli.evaluate) scores any folder of CAM files.
@@ -55,6 +55,11 @@ def _default_out(recipe_ref: str) -> Path:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    if args.show:
+        recipe = load_recipe(args.show, args.overrides)
+        print(f"# {args.show}, fully resolved (base recipes merged, every default filled in)")
+        print(recipe_yaml(recipe), end="")
+        return 0
     for name in recipe_names():
         r = load_recipe(name)
         print(f"{name:28s} {r.description}")
@@ -136,7 +141,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", default=None, help="comma-separated subset of stages, in order")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("recipes", help="list the shipped recipes")
+    p = sub.add_parser("recipes", help="list the shipped recipes, or show one fully resolved")
+    p.add_argument(
+        "--show",
+        metavar="RECIPE",
+        default=None,
+        help="print this recipe (shipped name or YAML file) with every setting resolved, as a run would use it",
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_recipes)
 
     for stage, text in STAGE_HELP.items():

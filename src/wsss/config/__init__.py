@@ -5,6 +5,7 @@ from wsss.config.loading import (
     load_recipe,
     recipe_from_dict,
     recipe_names,
+    recipe_yaml,
     save_recipe,
     to_dict,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "load_recipe",
     "recipe_from_dict",
     "recipe_names",
+    "recipe_yaml",
     "save_recipe",
     "to_dict",
 ]

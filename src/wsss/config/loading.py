@@ -237,6 +237,23 @@ def to_dict(recipe: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(recipe))
 
 
+class _RecipeDumper(yaml.SafeDumper):
+    """Block style for sections, ``[a, b]`` for lists of plain values (scales, thresholds …)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flat = all(not isinstance(v, (list, dict)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_RecipeDumper.add_representer(list, _represent_list)
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML text (what ``recipe.yaml`` and ``wsss recipes --show`` hold)."""
+    return yaml.dump(to_dict(recipe), Dumper=_RecipeDumper, sort_keys=False, allow_unicode=True)
+
+
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
     """Write the fully resolved recipe (atomically) so a run can be reproduced exactly."""
-    write_text(path, yaml.safe_dump(to_dict(recipe), sort_keys=False))
+    write_text(path, recipe_yaml(recipe))

@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.transforms import v2
 
+from wsss.config.schema import AffinityConfig
 from wsss.data.pseudo import PseudoLabelDataset
 from wsss.data.transforms import train_transform
 from wsss.engine import export_weights, load_weights, seed_everything
@@ -49,17 +51,23 @@ def load_trained_affinity(ctx: StageContext) -> nn.Module:
     return model
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
-    r, a = ctx.recipe, ctx.recipe.affinity
-    seed_everything(r.seed)
-    split = training_split(ctx)
-    transform = train_transform(
+def affinity_transform(a: AffinityConfig) -> v2.Compose:
+    """The joint image/label augmentation: PSA/TransCAM crop + flip + jitter (no rescale unless
+    ``resize_long`` or ``scale`` is set; IRN: ``scale`` 0.5–1.5)."""
+    return train_transform(
         resize_long=a.resize_long,
         scale=a.scale,
         crop_size=a.crop_size,
         flip=a.flip,
         color_jitter=a.color_jitter,
     )
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    r, a = ctx.recipe, ctx.recipe.affinity
+    seed_everything(r.seed)
+    split = training_split(ctx)
+    transform = affinity_transform(a)
     ds = PseudoLabelDataset(ctx.dataset(split), ctx.paths.label_dir, transform)
     model = build_affinity_model(ctx).to(ctx.device)
 
