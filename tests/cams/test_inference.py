@@ -1,11 +1,23 @@
-"""Multi-scale + flip CAM inference: batched passes equal one-at-a-time passes."""
+"""Multi-scale + flip CAM inference: batched passes equal one-at-a-time passes; the resize kernel."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 from torch import nn
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
-from wsss.cams.inference import minmax_normalise, multiscale_cams, scaled_size
+from wsss.cams.inference import (
+    minmax_normalise,
+    multiscale_cams,
+    normalise_image,
+    resize_image,
+    scaled_size,
+)
+from wsss.errors import ConfigError
 
 
 class TinyCam(nn.Module):
@@ -112,3 +124,81 @@ def test_max_normalise() -> None:
     x = torch.tensor([[[-1.0, 1.0], [2.0, 4.0]]])
     y = max_normalise(x)
     assert torch.allclose(y, torch.tensor([[[0.0, 0.25], [0.5, 1.0]]]), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# resize kernel
+# ---------------------------------------------------------------------------------------------
+
+
+def _recording_net(seen: list[torch.Tensor]):
+    """A CAM function that keeps every batch it is given (one zero fg map at stride 16)."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        h, w = -(-x.shape[-2] // 16), -(-x.shape[-1] // 16)
+        return torch.zeros(x.shape[0], 2, h, w)
+
+    return fn
+
+
+def _pil_bicubic(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The reference resize: PIL bicubic on the HWC uint8 array, written out here independently."""
+    pil = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_pil_resize_feeds_the_network_pils_bicubic(batched: bool) -> None:
+    """The normalised inputs equal PIL's uint8 bicubic resize, normalised by the same function, exactly."""
+    g = torch.Generator().manual_seed(3)
+    img = torch.randint(0, 256, (3, 37, 58), generator=g, dtype=torch.uint8)  # non-square
+    for mode, scale, size in (
+        ("square", 48.0, (48, 48)),
+        ("relative", 1.5, (56, 87)),
+        ("relative", 0.5, (18, 29)),
+    ):
+        assert scaled_size((37, 58), scale, mode) == size
+        seen: list[torch.Tensor] = []
+        multiscale_cams(
+            _recording_net(seen), [img], [torch.ones(1)], [scale], scale_mode=mode, batched=batched
+        )
+        inputs = torch.cat(seen)  # plain pass, then its flip
+        expected = normalise_image(_pil_bicubic(img, size))
+        assert inputs.shape == (2, 3, *size)
+        assert torch.equal(inputs[0], expected)
+        assert torch.equal(inputs[1], expected.flip(-1))
+        # and the test can tell the kernels apart: torchvision's bicubic gives another input
+        other = normalise_image(
+            TF.resize(img, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+        )
+        assert not torch.equal(other, expected)
+
+
+def test_torch_resize_is_torchvisions_antialiased_bicubic() -> None:
+    g = torch.Generator().manual_seed(4)
+    img = torch.randint(0, 256, (3, 37, 58), generator=g, dtype=torch.uint8)
+    for mode, scale, size in (("square", 48.0, (48, 48)), ("relative", 0.5, (18, 29))):
+        seen: list[torch.Tensor] = []
+        multiscale_cams(
+            _recording_net(seen), [img], [torch.ones(1)], [scale], scale_mode=mode, resize="torch"
+        )
+        tv = TF.resize(img, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+        assert torch.equal(seen[0][0], normalise_image(tv))
+        assert not torch.equal(seen[0][0], normalise_image(_pil_bicubic(img, size)))
+
+
+def test_resize_image_kernels_and_errors() -> None:
+    img = torch.zeros(3, 6, 5, dtype=torch.uint8)
+    img[:, :, 2] = 200  # a bright column
+    for kernel in ("pil", "torch"):
+        out = resize_image(img, (6, 5), kernel)
+        assert out.dtype == torch.uint8 and torch.equal(out, img)  # same size: unchanged
+        flat = resize_image(torch.full((3, 7, 9), 77, dtype=torch.uint8), (4, 13), kernel)
+        assert flat.shape == (3, 4, 13) and bool((flat == 77).all())  # weights sum to one
+    with pytest.raises(ConfigError, match="did you mean 'pil'"):
+        resize_image(img, (3, 3), "pill")
+    with pytest.raises(ConfigError, match="resize kernel"):
+        multiscale_cams(_recording_net([]), [img], [torch.ones(1)], [4.0], resize="bicubic")
+    with pytest.raises(ValueError, match="uint8"):
+        resize_image(img.float(), (3, 3), "pil")

@@ -13,6 +13,7 @@ from torch import nn
 from wsss.errors import ConfigError
 from wsss.seg.inference import (
     TEST_PROTOCOLS,
+    _tiles,
     get_protocol,
     postprocess_crf,
     predict_probs,
@@ -20,7 +21,6 @@ from wsss.seg.inference import (
     tile_starts,
     window_stride,
 )
-from wsss.seg.inference import _tiles
 
 CLASSES = 4
 
@@ -120,7 +120,7 @@ def test_tiles_lie_inside_the_image_and_cover_it() -> None:
         assert shape == (min(window, h), min(window, w))
         count = np.zeros((h, w), dtype=int)
         for t in tiles:
-            assert 0 <= t.y and t.y + t.h <= h and 0 <= t.x and t.x + t.w <= w
+            assert t.y >= 0 and t.y + t.h <= h and t.x >= 0 and t.x + t.w <= w
             assert (t.h, t.w) == shape
             count[t.y : t.y + t.h, t.x : t.x + t.w] += 1
         assert count.min() >= 1

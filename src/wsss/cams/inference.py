@@ -5,6 +5,10 @@ the flipped copy is stacked beside it, and all images of a group go through the 
 forward. Each pass's foreground maps are upsampled to the target grid, un-flipped, restricted
 to the image's classes and summed; then negatives are clipped and every class is min-max
 normalised. ``batched=False`` runs the same passes one at a time (reference / low memory).
+
+The per-scale resize is PIL bicubic on the uint8 image by default (``resize="pil"``), as
+TransCAM, PSA and IRN resize; ``resize="torch"`` uses torchvision's antialiased bicubic on the
+device instead (see :func:`resize_image` for how far the two differ).
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from wsss.errors import ConfigError
+from wsss.registry import suggest
 
 CamFn = Callable[[torch.Tensor], torch.Tensor]
 """Maps a normalised B×3×H×W batch to raw B×C×h×w CAMs (channel 0 = background)."""
@@ -30,6 +38,41 @@ def scaled_size(size: tuple[int, int], scale: float, mode: str = "square") -> tu
         return int(scale), int(scale)
     h, w = size
     return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+RESIZE_KERNELS: tuple[str, ...] = ("pil", "torch")
+
+
+def _check_kernel(kernel: str) -> None:
+    """Reject an unknown resize kernel before any work, naming the close match."""
+    if kernel not in RESIZE_KERNELS:
+        raise ConfigError(
+            f"unknown resize kernel {kernel!r}{suggest(kernel, RESIZE_KERNELS)}; choose from {RESIZE_KERNELS}"
+        )
+
+
+def resize_image(
+    img: torch.Tensor, size: tuple[int, int], kernel: str = "pil", device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """uint8 3×H×W → uint8 3×h×w on ``device``, bicubic, with the kernel the CAM recipe names.
+
+    ``pil``: ``PIL.Image.resize`` with ``Resampling.BICUBIC`` on the CPU (TransCAM, PSA, IRN),
+    then moved to ``device``. ``torch``: torchvision's antialiased bicubic on ``device``. Both
+    are the same separable a = −0.5 filter and usually agree within 1–2 grey levels, but each
+    rounds and clips its intermediate image to uint8 after the first pass, and Pillow runs the
+    vertical pass first when the height shrinks while the width grows (e.g. 640×481 → 512×512)
+    where torch always starts with the horizontal one, so there ~20 % of pixels move by one level
+    and saturated edges, whose bicubic overshoot is clipped in one order only, by up to ~10.
+    """
+    _check_kernel(kernel)
+    h, w = size
+    if kernel == "torch":
+        return TF.resize(img.to(device), [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
+        raise ValueError(f"PIL resizing needs a uint8 (3, H, W) image, got {img.dtype} {tuple(img.shape)}")
+    pixels = img.detach().to("cpu").permute(1, 2, 0).contiguous().numpy()
+    out = Image.fromarray(pixels).resize((w, h), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.array(out)).permute(2, 0, 1).contiguous().to(device)
 
 
 def normalise_image(img: torch.Tensor) -> torch.Tensor:
@@ -69,12 +112,15 @@ def multiscale_cams(
     output_stride: int = 16,
     target_stride: int = 1,
     device: torch.device | str = "cpu",
+    resize: str = "pil",
 ) -> list[torch.Tensor]:
     """Summed, un-normalised foreground CAMs for each image, shape (K, ceil(H/s), ceil(W/s)).
 
     ``images`` are uint8 3×H×W tensors (any sizes), ``labels`` K-dim multi-hot vectors; absent
-    classes come out as zero maps.
+    classes come out as zero maps. ``resize`` picks the kernel of the per-scale image resize
+    (:func:`resize_image`: ``pil`` as the reference code, or ``torch`` on the device).
     """
+    _check_kernel(resize)
     device = torch.device(device)
     sizes = [tuple(img.shape[-2:]) for img in images]
     targets = [(math.ceil(h / target_stride), math.ceil(w / target_stride)) for h, w in sizes]
@@ -91,8 +137,7 @@ def multiscale_cams(
         resized = []
         for img in images:
             size = scaled_size(tuple(img.shape[-2:]), scale, scale_mode)
-            x = TF.resize(img.to(device), list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
-            resized.append(normalise_image(x))
+            resized.append(normalise_image(resize_image(img, size, resize, device)))
         if batched:
             # group images of equal resized shape; each group (plus flips) is one forward
             groups: dict[tuple[int, int], list[int]] = {}

@@ -89,7 +89,9 @@ def tile_starts(length: int, window: int, stride: int) -> list[int]:
     is one window at 0 (which :func:`_tiles` shrinks to the side).
     """
     if length < 1 or window < 1 or stride < 1:
-        raise ValueError(f"tile_starts needs positive sizes, got length={length} window={window} stride={stride}")
+        raise ValueError(
+            f"tile_starts needs positive sizes, got length={length} window={window} stride={stride}"
+        )
     count = max(length - window + stride - 1, 0) // stride + 1
     return [max(min(i * stride, length - window), 0) for i in range(count)]
 

@@ -60,6 +60,7 @@ def write_cams(
         output_stride=getattr(model, "output_stride", 16),
         target_stride=cfg.stride,
         device=ctx.device,
+        resize=cfg.resize,
     )
     for it, cam in zip(items, sums):
         if it["name"] in skip:
