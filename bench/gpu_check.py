@@ -148,7 +148,7 @@ def check_ddp(device: torch.device, batch: int, size: int) -> dict[str, str]:
     y = torch.randint(0, 21, (batch, size, size), device=device)
     loss_fn = LOSSES.build("ce")  # upsamples the stride-8 logits to the labels, as train-seg
     torch.manual_seed(1)  # the head's dropout draws the same mask in both steps
-    loss_fn(plain(x), y).backward()
+    loss_fn(plain(x), y)["loss"].backward()
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
@@ -165,7 +165,7 @@ def check_ddp(device: torch.device, batch: int, size: int) -> dict[str, str]:
         def step() -> None:
             ddp.zero_grad(set_to_none=True)
             torch.manual_seed(1)
-            loss_fn(ddp(x), y).backward()
+            loss_fn(ddp(x), y)["loss"].backward()
 
         elapsed = _sync_time(step, device)  # first DDP step: bucket set-up included
         grads = [
