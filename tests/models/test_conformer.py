@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.models.conformer_layout import (
+    official_conv_strides,
+    official_dw_stride,
+    official_keys,
+    official_layout,
+)
 from wsss.errors import ConfigError
 from wsss.models.backbones.conformer import (
     CONFORMER_VARIANTS,
@@ -16,44 +24,6 @@ from wsss.models.backbones.conformer import (
     token_grid,
 )
 from wsss.registry import BACKBONES
-
-BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-def _conv_block_keys(prefix: str, residual: bool) -> list[str]:
-    keys = []
-    for i in (1, 2, 3):
-        keys.append(f"{prefix}.conv{i}.weight")
-        keys += [f"{prefix}.bn{i}.{s}" for s in BN]
-    if residual:
-        keys.append(f"{prefix}.residual_conv.weight")
-        keys += [f"{prefix}.residual_bn.{s}" for s in BN]
-    return keys
-
-
-def _block_keys(prefix: str) -> list[str]:
-    names = ["norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"]
-    return [f"{prefix}.{n}.{s}" for n in names for s in ("weight", "bias")]
-
-
-def official_key_list(depth: int = 12) -> list[str]:
-    """The state_dict keys in order, written from transcam.md §1.4 (not from our model)."""
-    keys = ["cls_token", "trans_norm.weight", "trans_norm.bias"]
-    keys += ["trans_cls_head.weight", "trans_cls_head.bias", "conv_cls_head.weight", "conv_cls_head.bias"]
-    keys += ["conv1.weight"] + [f"bn1.{s}" for s in BN]
-    keys += _conv_block_keys("conv_1", residual=True)
-    keys += ["trans_patch_conv.weight", "trans_patch_conv.bias"]
-    keys += _block_keys("trans_1")
-    for i in range(2, depth + 1):
-        p = f"conv_trans_{i}"
-        keys += _conv_block_keys(f"{p}.cnn_block", residual=i in (5, 9))
-        keys += _conv_block_keys(f"{p}.fusion_block", residual=i == depth)
-        keys += [f"{p}.squeeze_block.conv_project.{s}" for s in ("weight", "bias")]
-        keys += [f"{p}.squeeze_block.ln.{s}" for s in ("weight", "bias")]
-        keys += [f"{p}.expand_block.conv_project.{s}" for s in ("weight", "bias")]
-        keys += [f"{p}.expand_block.bn.{s}" for s in BN]
-        keys += _block_keys(f"{p}.trans_block")
-    return keys
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +37,7 @@ def test_registry_has_all_variants():
 
 def test_small_state_dict_matches_official_key_list(small):
     sd = small.state_dict()
-    expected = official_key_list()
+    expected = official_keys()
     assert len(expected) == 718
     assert list(sd) == expected
     assert sum(k.endswith("num_batches_tracked") for k in sd) == 85
@@ -75,12 +45,33 @@ def test_small_state_dict_matches_official_key_list(small):
 
 def test_small_official_shapes(small):
     sd = small.state_dict()
+    assert [(k, tuple(v.shape)) for k, v in sd.items()] == official_layout()
     assert tuple(sd["trans_patch_conv.weight"].shape) == (384, 64, 4, 4)
-    assert tuple(sd["conv_trans_9.trans_block.attn.qkv.weight"].shape) == (1152, 384)
     assert tuple(sd["conv_trans_12.fusion_block.residual_conv.weight"].shape) == (1024, 1024, 1, 1)
-    assert tuple(sd["conv_cls_head.weight"].shape) == (1000, 1024)
-    assert tuple(sd["trans_cls_head.weight"].shape) == (1000, 384)
-    assert tuple(sd["cls_token"].shape) == (1, 1, 384)
+
+
+@pytest.mark.parametrize(("ratio", "dim", "millions"), [(1, 384, 23.52), (4, 384, 37.67), (6, 576, 83.29)])
+def test_reference_layout_reproduces_paper_parameter_counts(ratio, dim, millions):
+    """The hand-written layout is itself right: its parameters add up to the published sizes."""
+    layout = official_layout(channel_ratio=ratio, embed_dim=dim)
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    n = sum(math.prod(shape) for key, shape in layout if not key.endswith(stats))
+    assert round(n / 1e6, 2) == millions
+
+
+@pytest.mark.parametrize("last_fusion_stride", [2, 1])
+def test_conv_strides_and_token_strides_follow_official_model(last_fusion_stride):
+    model = BACKBONES.build("conformer_nano", last_fusion_stride=last_fusion_stride)
+    strides = {
+        name: m.stride[0]
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and m.stride != (1, 1)
+    }
+    assert strides == official_conv_strides(last_fusion_stride=last_fusion_stride)
+    for i in range(2, 13):
+        block = model.get_submodule(f"conv_trans_{i}")
+        assert block.squeeze_block.sample_pooling.kernel_size == official_dw_stride(i)
+        assert block.expand_block.up_stride == official_dw_stride(i)
 
 
 @pytest.mark.parametrize(

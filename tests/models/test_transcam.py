@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import copy
+import math
+
 import pytest
 import torch
 
+from tests.models.conformer_layout import HEAD_KEYS, official_layout
 from wsss.errors import CheckpointError, ConfigError
-from wsss.models.backbones.conformer import Attention
+from wsss.models.backbones.conformer import Attention, load_conformer_pretrained
 from wsss.models.cam.transcam import TransCAM, a_star, class_token_attention, refine
-from wsss.registry import BACKBONES, CAM_MODELS
+from wsss.registry import CAM_MODELS, METHODS
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -127,55 +132,217 @@ def test_builder_rejects_non_conformer_backbone():
         CAM_MODELS.build("transcam", backbone="conformer_nao")
 
 
+# --- fused SDPA path vs explicit attention path ----------------------------------------------
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max|a−b| / max|b|."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
 @pytest.fixture(scope="module")
-def official_small_file(tmp_path_factory):
-    """An ImageNet-format Conformer-S checkpoint (official keys, 1000-class heads), wrapped like main.py."""
-    torch.manual_seed(3)
-    state = BACKBONES.build("conformer_small").state_dict()
-    path = tmp_path_factory.mktemp("ckpt") / "Conformer_small_patch16.pth"
-    torch.save({"model": state, "epoch": 299}, path)
-    return path, state
+def calibrated_nano() -> TransCAM:
+    """Eval-mode nano TransCAM with random norm affines and biases and BN statistics calibrated on
+    random batches (so BN is far from identity and activations have realistic scale)."""
+    torch.manual_seed(5)
+    model = nano(num_classes=21)
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+            if isinstance(m, torch.nn.Linear):
+                m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=g))
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        for _ in range(3):
+            model(torch.randn(4, 3, 64, 64, generator=g))
+    model.eval()
+    bn = model.conv_trans_8.cnn_block.bn2
+    assert bn.running_var.sub(1).abs().max() > 0.1 and bn.running_mean.abs().max() > 0.1
+    return model
 
 
-def test_official_small_weights_load_with_only_heads_missing(official_small_file):
-    path, state = official_small_file
-    model = CAM_MODELS.build("transcam", backbone="conformer_small", pretrained=str(path))
-    sd = model.state_dict()
-    assert len(sd) == 718
-    key = "conv_trans_9.trans_block.attn.qkv.weight"
-    assert torch.equal(sd[key], state[key])
-    assert torch.equal(
-        sd["conv_trans_12.fusion_block.residual_bn.running_var"],
-        state["conv_trans_12.fusion_block.residual_bn.running_var"],
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    """Count calls to the fused kernel (it still runs)."""
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    return calls
+
+
+@pytest.mark.parametrize(("dtype", "bound"), [(torch.float32, 1e-4), (torch.float64, 1e-10)])
+def test_sdpa_and_explicit_paths_give_the_same_cam_and_logits(calibrated_nano, sdpa_calls, dtype, bound):
+    """float64 shows both paths compute one function; float32 bounds the rounding gap on M."""
+    model = copy.deepcopy(calibrated_nano).to(dtype)
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    with torch.no_grad():
+        fused = model(x)
+        assert len(sdpa_calls) == 12  # one per transformer block
+        explicit = model(x, with_attention=True)
+        assert len(sdpa_calls) == 12  # the explicit pass never calls it
+    assert float(explicit.cam.abs().max()) > 1.0  # a non-degenerate CAM
+    assert relative(fused.cam, explicit.cam) <= bound
+    assert relative(fused.conv_logits, explicit.conv_logits) <= bound
+    assert relative(fused.trans_logits, explicit.trans_logits) <= bound
+
+
+def test_training_objectives_that_read_attention_never_use_sdpa(calibrated_nano, monkeypatch):
+    """BNR needs A*: the training step's forward (``with_attention=needs_attention``) is explicit."""
+    model = copy.deepcopy(calibrated_nano).train()
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(8))
+    y = torch.zeros(2, 20)
+    y[0, 3] = y[1, 11] = 1
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("scaled_dot_product_attention called on an attention-reading path")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", forbidden)
+    bnr = METHODS.build("bnr")
+    assert bnr.needs_attention
+    losses = bnr(model(x, with_attention=bnr.needs_attention), y)
+    losses["loss"].backward()
+    bnr_value = float(losses["bnr"].detach())
+    assert math.isfinite(bnr_value) and bnr_value > 0
+    grad = model.conv_trans_9.trans_block.attn.qkv.weight.grad
+    assert grad is not None and grad.abs().max() > 0
+    # plain TransCAM's objective reads no attention, so its forward goes through the fused kernel
+    plain = METHODS.build("transcam")
+    assert not plain.needs_attention
+    with pytest.raises(AssertionError, match="scaled_dot_product_attention"):
+        model(x, with_attention=plain.needs_attention)
+
+
+# --- official checkpoint layout -------------------------------------------------------------
+# The layouts come from tests/models/conformer_layout.py, written from the reference
+# (transcam.md §1.4, §2.2), not from our model. Tensor k of a layout is filled with
+# ``k + offset + (flat index mod 1021)/1024`` (exact in float32), so each tensor is told apart
+# from every other one, and an in-tensor transpose or reshape is caught too.
+
+TRANSCAM_S = official_layout(num_classes=21, transcam_heads=True)  # TransCAM's Net_sm
+IMAGENET_S = official_layout(num_classes=1000)  # official Conformer_small_patch16
+
+
+def _pattern(k: int, shape: tuple[int, ...]) -> torch.Tensor:
+    if not shape:  # num_batches_tracked
+        return torch.tensor(k, dtype=torch.int64)
+    n = math.prod(shape)
+    return (k + (torch.arange(n, dtype=torch.int64) % 1021).float() / 1024).reshape(shape)
+
+
+def patterned_state(layout, offset: int) -> dict[str, torch.Tensor]:
+    return {key: _pattern(offset + k, shape) for k, (key, shape) in enumerate(layout)}
+
+
+def constant_state(layout) -> dict[str, torch.Tensor]:
+    """Tiny on disk: every tensor is a stride-0 view of one value."""
+    return {key: torch.tensor(1.5 if shape else 7).expand(shape) for key, shape in layout}
+
+
+def read_by_official_name(model: torch.nn.Module, key: str) -> torch.Tensor:
+    """Follow ``key`` through the module tree (attribute names), never through our state_dict."""
+    owner, _, leaf = key.rpartition(".")
+    return getattr(model.get_submodule(owner), leaf)
+
+
+def assert_landed(model: torch.nn.Module, layout, offset: int, skip: tuple[str, ...] = ()) -> None:
+    for k, (key, shape) in enumerate(layout):
+        if key in skip:
+            continue
+        got = read_by_official_name(model, key)
+        assert tuple(got.shape) == shape, key
+        assert torch.equal(got, _pattern(offset + k, shape)), f"{key} does not hold tensor #{k} of the file"
+
+
+@pytest.fixture(scope="module")
+def transcam_s() -> TransCAM:
+    """One TransCAM on Conformer-S for the module (37.7 M parameters, a few seconds on CPU)."""
+    return CAM_MODELS.build("transcam", backbone="conformer_small", num_classes=21)
+
+
+def test_reference_layouts_have_718_keys_and_differ_only_in_heads():
+    assert len(TRANSCAM_S) == len(IMAGENET_S) == 718
+    assert sum(key.endswith("num_batches_tracked") for key, _ in TRANSCAM_S) == 85
+    diff = {key: (a, b) for (key, a), (_, b) in zip(TRANSCAM_S, IMAGENET_S) if a != b}
+    assert diff == {
+        "trans_cls_head.weight": ((21, 384), (1000, 384)),
+        "trans_cls_head.bias": ((21,), (1000,)),
+        "conv_cls_head.weight": ((21, 1024, 3, 3), (1000, 1024)),
+        "conv_cls_head.bias": ((21,), (1000,)),
+    }
+
+
+def test_transcam_checkpoint_lands_by_official_name(transcam_s, tmp_path):
+    """TransCAM's released weights (bare Net_sm state_dict): all 718 tensors, each in its place."""
+    path = tmp_path / "transcam_6485.pth"
+    torch.save(patterned_state(TRANSCAM_S, offset=0), path)
+    report = load_conformer_pretrained(transcam_s, str(path))
+    path.unlink()  # ~150 MB
+    assert len(report.matched) == 718 == report.model_keys
+    assert report.not_loaded == report.skipped == report.unexpected == report.mismatched == []
+    assert_landed(transcam_s, TRANSCAM_S, offset=0)
+    k = [key for key, _ in TRANSCAM_S].index("conv_trans_5.cnn_block.residual_conv.weight")
+    assert transcam_s.get_submodule("conv_trans_5.cnn_block.residual_conv").weight[0, 0, 0, 0] == k
+
+
+def test_imagenet_checkpoint_skips_exactly_the_four_heads(transcam_s, tmp_path):
+    """Official ImageNet Conformer-S, wrapped like its main.py (``model`` + ``args`` + ``epoch``)."""
+    heads_before = {key: read_by_official_name(transcam_s, key).clone() for key in HEAD_KEYS}
+    path = tmp_path / "Conformer_small_patch16.pth"
+    args = argparse.Namespace(model="Conformer_small_patch16", lr=1e-3)
+    torch.save({"model": patterned_state(IMAGENET_S, offset=2000), "epoch": 299, "args": args}, path)
+    report = load_conformer_pretrained(transcam_s, str(path))
+    path.unlink()  # ~150 MB
+    assert len(report.matched) == 714 and report.model_keys == 718
+    assert sorted(report.skipped) == sorted(report.not_loaded) == sorted(HEAD_KEYS)
+    assert report.missing == report.unexpected == report.mismatched == []
+    assert report.counts() == (
+        "714/718 model tensors matched, 0 missing, 0 unexpected, 0 shape-mismatched, 4 skipped"
     )
-
-    from wsss.models.backbones.conformer import load_conformer_pretrained
-
-    report = load_conformer_pretrained(model, str(path))
-    assert len(report.matched) == 714
-    assert sorted(report.not_loaded) == sorted(
-        ["conv_cls_head.weight", "conv_cls_head.bias", "trans_cls_head.weight", "trans_cls_head.bias"]
-    )
-    assert report.missing == [] and report.unexpected == [] and report.mismatched == []
+    assert_landed(transcam_s, IMAGENET_S, offset=2000, skip=HEAD_KEYS)
+    for key, before in heads_before.items():  # TransCAM's own heads are kept, not overwritten
+        assert torch.equal(read_by_official_name(transcam_s, key), before), key
 
 
-def test_wrongly_prefixed_checkpoint_fails_with_counts(tmp_path):
-    state = BACKBONES.build("conformer_nano").state_dict()
+def test_module_prefix_is_stripped_and_reported(transcam_s, tmp_path):
+    """A DDP-saved (``module.``) file loads completely; the report says how many keys were renamed."""
+    path = tmp_path / "ddp.pth"
+    state = patterned_state(TRANSCAM_S, offset=3000)
+    torch.save({f"module.{k}": v for k, v in state.items()}, path)
+    report = load_conformer_pretrained(transcam_s, str(path))
+    path.unlink()  # ~150 MB
+    assert report.stripped == 718 and len(report.matched) == 718
+    assert "718 keys had a prefix stripped" in report.summary()
+    assert_landed(transcam_s, TRANSCAM_S, offset=3000)
+
+
+@pytest.mark.parametrize("prefix", ["backbone.", "module.backbone.", "model."])
+def test_other_prefixes_fail_loudly_and_leave_the_model_alone(transcam_s, tmp_path, prefix):
+    before = transcam_s.conv_trans_9.trans_block.attn.qkv.weight.clone()
     path = tmp_path / "prefixed.pth"
-    torch.save({f"backbone.{k}": v for k, v in state.items()}, path)
+    torch.save({f"{prefix}{k}": v for k, v in constant_state(IMAGENET_S).items()}, path)
     with pytest.raises(CheckpointError) as err:
-        CAM_MODELS.build("transcam", backbone="conformer_nano", pretrained=str(path))
+        load_conformer_pretrained(transcam_s, str(path))
     msg = str(err.value)
     assert "prefixed.pth" in msg and "0/718 model tensors matched" in msg and "at least 714" in msg
-    assert "'backbone.'" in msg
+    assert f"'{prefix.removeprefix('module.')}'" in msg
+    assert torch.equal(transcam_s.conv_trans_9.trans_block.attn.qkv.weight, before)
 
 
-def test_module_prefix_is_stripped(tmp_path):
-    torch.manual_seed(4)
-    src = CAM_MODELS.build("transcam", backbone="conformer_nano", num_classes=5)
-    path = tmp_path / "ddp.pth"
-    torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, path)
-    model = CAM_MODELS.build("transcam", backbone="conformer_nano", num_classes=5, pretrained=str(path))
-    # same class count: TransCAM's own weights load completely, heads included
-    for k, v in src.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
+def test_builder_pretrained_argument_uses_the_same_loader(tmp_path):
+    """``pretrained=`` in the registry builder: ImageNet layout at nano widths, heads left out."""
+    layout = official_layout(channel_ratio=0.25, embed_dim=48, num_classes=1000)
+    path = tmp_path / "imagenet_nano.pth"
+    torch.save({"model": patterned_state(layout, offset=100)}, path)
+    model = CAM_MODELS.build("transcam", backbone="conformer_nano", num_classes=21, pretrained=str(path))
+    assert_landed(model, layout, offset=100, skip=HEAD_KEYS)
+    assert tuple(model.conv_cls_head.weight.shape) == (21, 64, 3, 3)

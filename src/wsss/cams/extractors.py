@@ -3,6 +3,10 @@
 Each entry maps ``(model, batch) → B×C×h×w`` maps with channel 0 = background (ignored by the CAM
 stage). The built-in ones defer to the model's own ``extract``; an extractor that needs more
 than one forward (Grad-CAM, AdvCAM) registers here too, so recipes name it the same way.
+
+On TransCAM, ``transcam`` and ``clsattn`` read the attention ``A*`` and so run the model's explicit
+attention path; ``conv`` reads only ``M`` and runs the faster fused SDPA kernel (same function,
+float32 rounding differences of ~1e-5 relative).
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ is a ``Conformer`` subclass so its state_dict keys are the official ones: ImageN
 load by key with only the four head tensors left out, and TransCAM's released weights load
 completely.
 
+``forward(x, with_attention=True)`` computes every block's attention explicitly (needed by
+the ``transcam``/``clsattn`` extractors and the BNR loss); without it the blocks use the fused
+SDPA kernel, which gives the same ``M`` and logits up to float32 rounding.
+
 Outputs live on the token grid of the input *padded* to a multiple of 16 (bottom/right);
 ``TransCAMOutput.input_size`` is the unpadded size, which the CAM stage uses to crop.
 """
@@ -31,6 +35,9 @@ from wsss.models.backbones.conformer import (
 from wsss.registry import CAM_MODELS, suggest
 
 EXTRACT_METHODS = ("conv", "transcam", "clsattn")
+# The methods that read A*. Only the explicit softmax(q·kᵀ·scale) attention path yields the maps,
+# so these always run it; ``conv`` reads M alone and keeps the fused SDPA kernel.
+ATTENTION_METHODS = frozenset({"transcam", "clsattn"})
 
 
 class TransCAMOutput(NamedTuple):
@@ -118,13 +125,17 @@ class TransCAM(Conformer):
         )
 
     def extract(self, x: Tensor, method: str = "transcam") -> Tensor:
-        """CAMs (B×C×h×w, raw, on the padded grid) by ``method``: conv ``M``, ``transcam`` ``A*·M`` or ``clsattn``."""
+        """CAMs (B×C×h×w, raw, on the padded grid) by ``method``: conv ``M``, ``transcam`` ``A*·M`` or ``clsattn``.
+
+        ``transcam`` and ``clsattn`` run the explicit attention path (they need ``A*``); ``conv``
+        runs SDPA, the same function up to float32 rounding (~1e-5 relative on ``M``).
+        """
         if method not in EXTRACT_METHODS:
             raise ConfigError(
                 f"unknown CAM extraction method '{method}'{suggest(method, EXTRACT_METHODS)}; "
                 f"available: {', '.join(EXTRACT_METHODS)}"
             )
-        out = self(x, with_attention=method != "conv")
+        out = self(x, with_attention=method in ATTENTION_METHODS)
         if method == "conv":
             return out.cam
         assert out.attn_sum is not None
