@@ -52,7 +52,7 @@ def _sync_time(fn: Callable[[], object], device: torch.device) -> float:
 
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
-        _reset_peak(device)
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _peak(device: torch.device) -> str:
