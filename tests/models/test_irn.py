@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from wsss.config.schema import AffinityConfig
+from wsss.engine.optim import LegacyPolySGD
 from wsss.errors import ConfigError
 from wsss.losses.irn import irn_loss
 from wsss.models.affinity.irn import (
@@ -17,8 +19,11 @@ from wsss.models.affinity.irn import (
 )
 from wsss.models.backbones.base import Backbone, FeatureInfo
 from wsss.refine.pairs import affinity_labels, downscale_labels, radius_offsets
-from wsss.refine.random_walk import scores_to_labels
+from wsss.refine.random_walk import WALK_PRESETS
 from wsss.registry import AFFINITY_MODELS, BACKBONES
+from wsss.stages.training import build_optimizer
+
+WALK_PSA = WALK_PRESETS["psa"]
 
 
 class TinyResNetLike(Backbone):
@@ -58,7 +63,8 @@ def _net(**kwargs) -> IRNet:
 def test_edge_branch_widths_and_output_grid() -> None:
     net = _net()
     assert net.levels == ("stem", "stage1", "stage2", "stage3", "stage4")
-    assert net.displacement is None and net.head_names == ()
+    assert net.displacement is None
+    assert not hasattr(net, "head_names")  # DeepLab-style groups would give biases 2× lr and no decay
     for name, info in zip(net.levels, TinyResNetLike.feature_info):
         conv, norm = net.edge.proj[name][0], net.edge.proj[name][1]
         assert conv.weight.shape == (32, info.channels, 1, 1) and conv.bias is None
@@ -73,7 +79,7 @@ def test_edge_branch_widths_and_output_grid() -> None:
 def test_displacement_branch_widths_and_shape() -> None:
     net = _net(with_displacement=True)
     dp = net.displacement
-    assert dp is not None and net.head_names == ("displacement",)
+    assert dp is not None
     widths = {name: dp.proj[name][0].out_channels for name in net.levels}
     assert widths == {"stem": 64, "stage1": 128, "stage2": 256, "stage3": 256, "stage4": 256}
     groups = {name: dp.proj[name][1].num_groups for name in net.levels}
@@ -109,7 +115,7 @@ def test_gradient_reaches_the_branches_but_not_the_frozen_backbone() -> None:
     before = {k: v.clone() for k, v in net.backbone.state_dict().items()}
     x = torch.randn(2, 3, 96, 112)
     pairs = net.forward_pairs(x, radius=4, cover="crop")
-    grid = downscale_labels(_labels(96, 112), 4)
+    grid = downscale_labels(_labels(96, 112), 4, "centre")
     assert grid.shape[-2:] == (24, 28)
     bg, fg, neg = affinity_labels(grid, radius_offsets(4), cover="crop")
     assert bg.shape == pairs.affinity.shape and neg.any() and fg.any() and bg.any()
@@ -128,14 +134,37 @@ def test_gradient_reaches_the_branches_but_not_the_frozen_backbone() -> None:
         assert torch.equal(value, before[key]), key
 
 
-def test_param_groups_follow_irn_lr_ratio() -> None:
+def _ids(params) -> set[int]:
+    return {id(p) for p in params}
+
+
+def test_build_optimizer_gives_irns_two_groups() -> None:
+    """train_irn.py: edge layers at lr, displacement layers at 10·lr, weight decay on both (biases
+    and GroupNorm included), the frozen backbone in neither; PolyOptimizer's momentum = decay."""
     net = _net(with_displacement=True)
-    groups = net.irn_param_groups(lr=0.1, weight_decay=1e-4)
+    cfg = AffinityConfig(model="irn", lr=0.1, weight_decay=1e-4, head_lr_mult=10.0, compat="authors_code")
+    opt, sched = build_optimizer(net, cfg, total_steps=30, compat="clean")
+    assert isinstance(opt, LegacyPolySGD) and sched is not None
+    groups = opt.param_groups
     assert [g["name"] for g in groups] == ["edge", "displacement"]
-    assert groups[0]["lr"] == pytest.approx(0.1) and groups[1]["lr"] == pytest.approx(1.0)
-    n_trainable = sum(1 for p in net.parameters() if p.requires_grad)
-    assert len(groups[0]["params"]) + len(groups[1]["params"]) == n_trainable
-    assert len(_net().irn_param_groups(0.1, 1e-4)) == 1
+    assert [g["lr"] for g in groups] == pytest.approx([0.1, 1.0])
+    assert [g["weight_decay"] for g in groups] == [1e-4, 1e-4]
+    assert all(g["momentum"] == pytest.approx(1e-4) for g in groups)
+    assert net.displacement is not None
+    assert _ids(groups[0]["params"]) == _ids(net.edge.parameters())
+    assert _ids(groups[1]["params"]) == _ids(net.displacement.parameters())
+    biases = [
+        m.bias for m in net.edge.modules() if isinstance(m, (nn.Conv2d, nn.GroupNorm)) and m.bias is not None
+    ]
+    assert biases and _ids(biases) <= _ids(groups[0]["params"])  # no DeepLab-style bias group
+    assert not _ids(net.backbone.parameters()) & (_ids(groups[0]["params"]) | _ids(groups[1]["params"]))
+
+
+def test_optimizer_groups_follow_head_lr_mult_and_drop_an_absent_branch() -> None:
+    groups = _net(with_displacement=True).optimizer_groups(lr=0.02, weight_decay=5e-4, head_lr_mult=3.0)
+    assert [g["lr"] for g in groups] == pytest.approx([0.02, 0.06])
+    edge_only = _net().optimizer_groups(0.1, 1e-4, 10.0)
+    assert [g["name"] for g in edge_only] == ["edge"] and edge_only[0]["weight_decay"] == 1e-4
 
 
 def test_flip_averaged_edge_map() -> None:
@@ -182,8 +211,7 @@ def test_irn_refine_spreads_seed_within_its_region(monkeypatch: pytest.MonkeyPat
     """A two-region toy image: the hand-set edge map is a wall; a one-pixel seed fills its side only."""
     net = _net().eval()
     h, w, wall = 10, 13, 6
-    image = torch.zeros(3, h * 4, w * 4)
-    image[:, :, (wall + 1) * 4 :] = 1.0
+    image = torch.zeros(3, h * 4 - 1, w * 4 - 2)
     edge = torch.zeros(1, 1, h, w)
     edge[..., wall] = 1.0
     seen: list[tuple[int, ...]] = []
@@ -195,25 +223,23 @@ def test_irn_refine_spreads_seed_within_its_region(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(net, "edge_map", fake_edge_map)
     cams = torch.zeros(1, h, w)
     cams[0, 3, 2] = 1.0
-    scores = irn_refine(cams, image, net)
-    assert seen == [(1, 3, h * 4, w * 4)]
-    assert scores.shape == (2, h, w)
-    assert torch.all(scores[1, :, wall:] == 0)
-    torch.testing.assert_close(scores[1, :, :wall], torch.ones(h, wall), atol=1e-3, rtol=0)
-    labels = scores_to_labels(scores, (h * 4, w * 4), stride=4)
-    assert labels[:, : wall * 4 - 2].eq(1).all() and labels[:, wall * 4 + 2 :].eq(0).all()
+    labels = irn_refine(cams, image, net, keys=[5])
+    assert seen == [(1, 3, h * 4 - 1, w * 4 - 2)]
+    assert labels.shape == (h * 4 - 1, w * 4 - 2)
+    assert labels[:, : wall * 4 - 2].eq(5).all() and labels[:, wall * 4 + 2 :].eq(0).all()
 
 
 def test_irn_refine_with_the_real_edge_branch() -> None:
     net = _net().eval()
     torch.manual_seed(1)
     cams = torch.rand(2, 6, 8)
-    scores = irn_refine(cams, torch.randn(3, 23, 30), net)
-    assert scores.shape == (3, 6, 8)
-    assert torch.all(scores[0] == 0.25)
-    assert float(scores[1:].max()) == pytest.approx(1.0) and float(scores[1:].min()) >= 0.0
+    labels = irn_refine(cams, torch.randn(3, 23, 30), net, keys=[4, 11])
+    assert labels.shape == (23, 30)
+    assert set(labels.unique().tolist()) <= {0, 4, 11} and labels.ne(0).any()
     with pytest.raises(ValueError, match="same stride-4 grid"):
         irn_refine(cams, torch.randn(3, 40, 30), net)
+    with pytest.raises(ConfigError, match="constant background"):
+        irn_refine(cams, torch.randn(3, 23, 30), net, WALK_PSA)
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from wsss.engine.optim import param_groups
 from wsss.errors import ConfigError
 from wsss.models.cam.plain_cam import PlainCAM, PlainCAMOutput
 from wsss.registry import CAM_MODELS, METHODS
@@ -30,7 +29,7 @@ def test_forward_contract_zero_background_and_logits_are_gap_of_cam():
     # GAP of the CAM == classifier applied to GAP of the features (linear, no bias)
     pooled = model.classifier(feats.mean(dim=(2, 3), keepdim=True)).flatten(1)
     torch.testing.assert_close(out.logits[:, 1:], pooled, atol=1e-5, rtol=1e-4)
-    assert model.output_stride == 16 and model.head_names == ("classifier",)
+    assert model.output_stride == 16
     assert model.classifier.bias is None and model.classifier.weight.shape == (3, 1280, 1, 1)
 
 
@@ -85,8 +84,14 @@ def test_gradient_reaches_classifier_and_trainable_backbone_only():
     late = model.backbone.features[17].conv[2].weight.grad
     assert late is not None and bool(late.abs().sum() > 0)
     assert model.backbone.features[0][0].weight.grad is None  # the stem is frozen by default
-    groups = {g["name"] for g in param_groups(model, model.head_names, lr=0.1, weight_decay=1e-4)}
-    assert "head.weight" in groups and "backbone.weight" in groups
+    groups = {g["name"]: g for g in model.optimizer_groups(0.1, 1e-4, 10.0)}
+    assert set(groups) == {"backbone", "classifier"}
+    assert groups["classifier"]["params"] == [model.classifier.weight]
+    assert groups["classifier"]["lr"] == pytest.approx(1.0) and groups["backbone"]["lr"] == 0.1
+    assert all(g["weight_decay"] == 1e-4 for g in groups.values())  # IRN decays every group
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(grouped) == sorted(trainable)  # each trainable parameter once, frozen ones never
 
 
 def test_builder_forwards_backbone_options_and_psa_head_options():

@@ -131,7 +131,9 @@ LABEL_SPACE_CASES = [
 
 
 @pytest.mark.parametrize(("backend", "size", "contrast"), LABEL_SPACE_CASES)
-def test_crf_label_space_decides_whether_a_faint_object_survives(backend: str, size: int, contrast: int) -> None:
+def test_crf_label_space_decides_whether_a_faint_object_survives(
+    backend: str, size: int, contrast: int
+) -> None:
     _skip_if_missing(backend)
     image = np.full((32, 32, 3), 128, np.uint8)
     image[8 : 8 + size, 8 : 8 + size] = 128 + contrast

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from wsss.refine.pairs import (
     affinity_labels,
@@ -141,6 +143,28 @@ def test_downscale_labels_picks_block_top_left() -> None:
     assert downscale_labels(labels, 8).tolist() == [[0, 8], [128, 136]]
     assert downscale_labels(torch.zeros(3, 17, 9), 8).shape == (3, 3, 2)
     assert downscale_labels(torch.zeros(448, 448, dtype=torch.uint8)).shape == (56, 56)
+
+
+def test_downscale_labels_centre_picks_pils_nearest_pixel() -> None:
+    """IRN: pil_rescale(label, 0.25, order 0) samples floor((i + 0.5)·4) = 4i + 2."""
+    labels = torch.arange(64).view(8, 8)
+    assert downscale_labels(labels, 4, "centre").tolist() == [[18, 22], [50, 54]]
+    assert downscale_labels(labels, 4).tolist() == [[0, 4], [32, 36]]  # TransCAM's corner, for contrast
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, size=(32, 48), dtype=np.uint8)
+    pil = np.asarray(Image.fromarray(noise).resize((12, 8), Image.Resampling.NEAREST))
+    assert np.array_equal(downscale_labels(torch.from_numpy(noise), 4, "centre").numpy(), pil)
+    # a side that is no multiple: ceil(10/4) = 3 cells, the last centre (10) clamped to 9
+    assert downscale_labels(torch.arange(10).view(1, 10), 4, "centre").tolist() == [[2, 6, 9]]
+    with pytest.raises(ValueError, match="sample"):
+        downscale_labels(labels, 4, "middle")  # type: ignore[arg-type]
+
+
+def test_training_labels_sample_choice() -> None:
+    labels = torch.zeros(8, 8, dtype=torch.uint8)
+    labels[:, 2:] = 5  # a boundary inside the first 4×4 block
+    assert affinity_training_labels(labels, stride=4, sample="centre").tolist() == [[5, 5], [5, 5]]
+    assert affinity_training_labels(labels, stride=4).tolist() == [[0, 5], [0, 5]]
 
 
 def test_training_labels_padding_choice() -> None:

@@ -15,9 +15,9 @@ from wsss.refine.path_index import (
     edge_to_affinity,
     path_cells,
     path_indices,
-    refine_with_edge,
+    walk_with_edge,
 )
-from wsss.refine.random_walk import scores_to_labels
+from wsss.refine.random_walk import foreground_to_labels
 
 
 def naive_affinity(edge: Tensor, src: Tensor, dst: Tensor) -> Tensor:
@@ -145,7 +145,7 @@ def test_bad_edge_shape_and_mismatched_grid() -> None:
     with pytest.raises(ValueError, match=r"\(B, 1, h, w\)"):
         PathIndex.build(3).affinity(torch.rand(1, 2, 5, 5))
     with pytest.raises(ValueError, match="same stride-4 grid"):
-        refine_with_edge(torch.rand(1, 6, 6), torch.zeros(6, 7))
+        walk_with_edge(torch.rand(1, 6, 6), torch.zeros(6, 7))
 
 
 def test_walk_spreads_a_seed_over_its_own_region_only() -> None:
@@ -155,16 +155,16 @@ def test_walk_spreads_a_seed_over_its_own_region_only() -> None:
     cams = torch.zeros(2, h, w)
     cams[0, 4, 2] = 1.0  # class 1 seed, left region
     cams[1, 5, 10] = 0.5  # class 2 seed, right region
-    scores = refine_with_edge(cams, edge, IRN_WALK)
-    assert scores.shape == (3, h, w)
-    assert torch.all(scores[0] == 0.25)  # constant background after the walk
+    walked = walk_with_edge(cams, edge, IRN_WALK)
+    assert walked.shape == (2, h, w)  # foreground only: the background comes after upsampling
     left, right = slice(0, wall), slice(wall + 1, w)
-    assert torch.all(scores[1, :, right] == 0) and torch.all(scores[2, :, left] == 0)
-    assert torch.all(scores[1:, :, wall] == 0)  # the wall itself starts at 0 and is isolated
-    # 256 steps average each seed over its (equally shaped) region; the global max is class 1's
-    torch.testing.assert_close(scores[1, :, left], torch.ones(h, wall), atol=1e-3, rtol=0)
-    torch.testing.assert_close(scores[2, :, right], torch.full((h, w - wall - 1), 0.5), atol=1e-3, rtol=0)
-    labels = scores_to_labels(scores, (h * 4, w * 4), stride=4)
+    assert torch.all(walked[0, :, right] == 0) and torch.all(walked[1, :, left] == 0)
+    assert torch.all(walked[:, :, wall] == 0)  # the wall itself starts at 0 and is isolated
+    # 256 steps flatten each seed over its (equally shaped) region, class 2 at half of class 1
+    flat = walked[0, :, left] / walked[0, :, left].max()
+    torch.testing.assert_close(flat, torch.ones(h, wall), atol=1e-3, rtol=0)
+    torch.testing.assert_close(walked[1, :, right], walked[0, :, left] / 2, atol=1e-6, rtol=1e-3)
+    labels = foreground_to_labels(walked, (h * 4, w * 4), 4, IRN_WALK.bg_value)
     assert labels[:, : wall * 4 - 2].eq(1).all() and labels[:, (wall + 1) * 4 + 2 :].eq(2).all()
 
 
@@ -173,17 +173,17 @@ def test_seed_on_a_boundary_is_removed() -> None:
     edge[2, 3] = 1.0
     cams = torch.zeros(1, 6, 6)
     cams[0, 2, 3] = 1.0
-    scores = refine_with_edge(cams, edge)
-    assert torch.all(scores[1] == 0)
+    assert torch.all(walk_with_edge(cams, edge) == 0)
 
 
-def test_cam_power_before_the_walk_and_global_max() -> None:
+def test_cam_power_before_the_walk_and_no_normalisation() -> None:
     edge = torch.zeros(5, 9)
     edge[:, 4] = 1.0
     cams = torch.zeros(1, 5, 9)
     cams[0, :, :4] = 0.5
     cams[0, :, 5:] = 1.0
-    scores = refine_with_edge(cams, edge, replace(IRN_WALK, cam_power=1.3))
-    # each side is flat, so the walk keeps it; the global max is the right side's 1
-    torch.testing.assert_close(scores[1, :, :4], torch.full((5, 4), 0.5**1.3))
-    torch.testing.assert_close(scores[1, :, 5:], torch.ones(5, 4))
+    walked = walk_with_edge(cams, edge, replace(IRN_WALK, cam_power=1.3))
+    # each side is flat, so the walk keeps it as it is: 0.5^1.3 on the left, 1 on the right
+    torch.testing.assert_close(walked[0, :, :4], torch.full((5, 4), 0.5**1.3))
+    torch.testing.assert_close(walked[0, :, 5:], torch.ones(5, 4))
+    assert torch.all(walked[0, :, 4] == 0)

@@ -13,10 +13,13 @@ from wsss.refine.random_walk import (
     WalkSettings,
     background_plane,
     dense_transition,
+    foreground_to_labels,
     pool_to_grid,
+    pooled_scores,
     random_walk,
     refine_cams,
     scores_to_labels,
+    walk_foreground,
     walk_pairs,
     with_background,
 )
@@ -146,11 +149,56 @@ def test_refine_cams_orders() -> None:
     out = refine_cams(cams, zero, src, dst, WalkSettings(bg_value=0.3))
     torch.testing.assert_close(out[0], torch.full((2, 2), 0.3, dtype=torch.float64))
     torch.testing.assert_close(out[1:], cams)
-    # IRN order: cams^power walked, divided by the max, then the constant bg in front
+    # IRN order: only cams^power walk, neither normalised nor with a background yet
     irn = WalkSettings(bg_value=0.25, bg_after_walk=True, cam_power=2.0)
-    out = refine_cams(cams, zero, src, dst, irn)
-    torch.testing.assert_close(out[1:], cams**2 / 0.64)
-    torch.testing.assert_close(out[0], torch.full((2, 2), 0.25, dtype=torch.float64))
+    torch.testing.assert_close(walk_foreground(cams, zero, src, dst, irn), cams**2)
+    with pytest.raises(ConfigError, match="walk_foreground"):
+        refine_cams(cams, zero, src, dst, irn)
+
+
+def test_power_background_is_built_at_full_resolution_then_pooled() -> None:
+    """PSA infer_aff: bg = (1 − max)^α per pixel, then 8×8 (here 2×2) average pooling of the stack."""
+    cams = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    psa = WALK_PRESETS["psa"]  # α = 16
+    scores = pooled_scores(cams, 2, psa)
+    # one cell: fg = mean(1, 0, 0, 0) = 0.25; bg = mean(0^16, 1, 1, 1) = 0.75 (pooling first: 0.75^16 ≈ 0.01)
+    torch.testing.assert_close(scores, torch.tensor([[[0.75]], [[0.25]]]))
+    walked = refine_cams(cams, torch.zeros(0), *pair_indices(1, 1, 5, cover="all"), psa, stride=2)
+    torch.testing.assert_close(walked, scores)
+    assert scores_to_labels(walked, (2, 2), 2).eq(0).all()  # bg wins; pooling first made it class 1
+
+
+def test_constant_background_fades_in_the_zero_padded_cells() -> None:
+    """A 3×3 image at stride 2 is padded to 4×4: border cells average 2 (or 1) real pixels of 4."""
+    scores = pooled_scores(torch.ones(1, 3, 3), 2, WalkSettings(bg_value=0.42))
+    torch.testing.assert_close(scores[0], torch.tensor([[0.42, 0.21], [0.21, 0.105]]))
+    torch.testing.assert_close(scores[1], torch.tensor([[1.0, 0.5], [0.5, 0.25]]))
+
+
+def test_irn_labels_divide_by_the_max_after_upsampling_and_cropping() -> None:
+    """Walked [0.2, 1.0] at stride 4, image 4×5: bilinear ×4 gives rows [0.2, 0.2, 0.3, 0.5, 0.7 | 0.9, 1, 1];
+    the crop keeps five columns, whose max is 0.7, so every pixel is ≥ 0.2/0.7 > 0.25: all class 7.
+    Dividing by the grid's max (1.0) first would leave 0.2 < 0.25 in the first two columns."""
+    walked = torch.tensor([[[0.2, 1.0]]])
+    labels = foreground_to_labels(walked, (4, 5), 4, 0.25, keys=[7])
+    assert labels.tolist() == [[7, 7, 7, 7, 7]] * 4
+    grid_max_first = scores_to_labels(
+        with_background(walked / walked.max(), "constant", 0.25), (4, 5), 4, [7]
+    )
+    assert grid_max_first.tolist() == [[0, 0, 7, 7, 7]] * 4
+
+
+def test_irn_labels_ties_empty_maps_and_bad_sizes() -> None:
+    walked = torch.zeros(2, 2, 2)
+    walked[0, 0, 0] = 4.0  # ÷ max → 1 at the top-left cell; class 2 stays 0
+    walked[1, 1, 1] = 1.0  # ÷ 4 → 0.25, a tie with the background: background wins
+    labels = foreground_to_labels(walked, (4, 4), 2, 0.25, keys=[3, 9])
+    assert labels[0, 0] == 3 and labels[3, 3] == 0 and not labels.eq(9).any()
+    assert foreground_to_labels(torch.zeros(1, 2, 2), (3, 4), 2, 0.25).eq(0).all()  # no NaN from 0/0
+    with pytest.raises(ValueError, match="exceeds"):
+        foreground_to_labels(walked, (5, 4), 2, 0.25)
+    with pytest.raises(ValueError, match="keys"):
+        foreground_to_labels(walked, (4, 4), 2, 0.25, keys=[3])
 
 
 def test_pool_to_grid_pads_with_zeros() -> None:

@@ -62,7 +62,7 @@ class ClassifierConfig(TrainerConfig):
     resize_long: tuple[int, int] = (320, 640)
     crop_size: int = 512
     flip: bool = True
-    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
+    color_jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1)  # null: none
 
 
 @dataclass
@@ -127,7 +127,7 @@ class AffinityConfig(TrainerConfig):
     scale: tuple[float, float] | None = None
     crop_size: int = 448
     flip: bool = True
-    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
+    color_jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1)  # null: none
     radius: int = 5
     padding_as_background: bool = False  # True: TransCAM's crop padding reads as confident background
 

@@ -21,7 +21,8 @@ Two coverages exist:
   reproduces that when parity matters.
 
 Label preparation for training (``affinity_training_labels``) turns a confident-label map
-(0 background, 1..K classes, 255 uncertain) into the 1/8 grid the network sees.
+(0 background, 1..K classes, 255 uncertain) into the grid the network sees (1/8 for PSA's
+AffinityNet, 1/4 for IRN), sampling each block where the authors' resize does.
 """
 
 from __future__ import annotations
@@ -155,23 +156,49 @@ def affinity_labels(
     return bg_pos, fg_pos, neg
 
 
-def downscale_labels(labels: Tensor, stride: int = 8) -> Tensor:
-    """Nearest-neighbour label map at ``1/stride``: the top-left pixel of every block.
+Sample = Literal["corner", "centre"]
+SAMPLES = ("corner", "centre")
 
-    This is what TransCAM's ``RescaleNearest(1/8)`` (OpenCV nearest) picks on crops whose
-    sides are multiples of 8: a 448 crop gives 56×56. Other sides give ``ceil(side/stride)``,
-    the grid a stride-8 network produces for them.
+
+def downscale_labels(labels: Tensor, stride: int = 8, sample: Sample = "corner") -> Tensor:
+    """Nearest-neighbour label map at ``1/stride`` (``ceil(side/stride)`` cells per side).
+
+    The two authors' codes pick different pixels of each ``stride×stride`` block, so a class
+    boundary lands up to half a block apart:
+
+    * ``"corner"``: the top-left pixel, index ``stride·i`` — OpenCV's ``INTER_NEAREST``
+      (``floor(i·stride)``), i.e. TransCAM's ``RescaleNearest(0.125)`` for AffinityNet labels;
+    * ``"centre"``: index ``stride·i + stride//2`` (the last cell clamped into the map) — PIL's
+      ``NEAREST`` (``floor((i + 0.5)·stride)``), i.e. IRN's ``pil_rescale(label, 0.25, 0)``.
     """
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
-    return labels[..., ::stride, ::stride].contiguous()
+    if sample not in SAMPLES:
+        raise ValueError(f"sample must be one of {SAMPLES}, got {sample!r}")
+    if sample == "corner":
+        return labels[..., ::stride, ::stride].contiguous()
+    h, w = labels.shape[-2:]
+    rows = _centre_indices(h, stride, labels.device)
+    cols = _centre_indices(w, stride, labels.device)
+    return labels.index_select(-2, rows).index_select(-1, cols).contiguous()
+
+
+def _centre_indices(size: int, stride: int, device: torch.device) -> Tensor:
+    """``min(stride·i + stride//2, size − 1)`` for ``i < ceil(size/stride)``."""
+    cells = -(-size // stride)
+    idx = torch.arange(cells, device=device) * stride + stride // 2
+    return idx.clamp_max(size - 1)
 
 
 PADDING_CHOICES = (IGNORE_INDEX, 0)
 
 
 def affinity_training_labels(
-    labels: Tensor, padding: Tensor | None = None, stride: int = 8, padding_as: int = IGNORE_INDEX
+    labels: Tensor,
+    padding: Tensor | None = None,
+    stride: int = 8,
+    padding_as: int = IGNORE_INDEX,
+    sample: Sample = "corner",
 ) -> Tensor:
     """The AffinityNet target grid from a cropped confident-label map ``(..., H, W)``.
 
@@ -179,6 +206,8 @@ def affinity_training_labels(
     than took from the image. ``padding_as=255`` (clean default, PSA's ``no_score_region``)
     ignores them; ``padding_as=0`` is TransCAM's behaviour, where the zero-filled crop reads as
     confident background in both CRF label maps, so padding teaches "background" affinities.
+    ``sample`` picks the pixel of each block (:func:`downscale_labels`: TransCAM ``corner``, IRN
+    ``centre``).
     """
     if padding_as not in PADDING_CHOICES:
         raise ValueError(f"padding_as must be 255 (ignore) or 0 (background, TransCAM), got {padding_as}")
@@ -187,7 +216,7 @@ def affinity_training_labels(
         if padding.shape != labels.shape:
             raise ValueError(f"padding mask shape {tuple(padding.shape)} != labels {tuple(labels.shape)}")
         out[padding.bool()] = padding_as
-    return downscale_labels(out, stride)
+    return downscale_labels(out, stride, sample)
 
 
 def merge_la_ha(la: Tensor, ha: Tensor) -> Tensor:

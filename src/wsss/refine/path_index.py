@@ -26,7 +26,7 @@ one cell per pair).
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -40,7 +40,7 @@ from wsss.refine.pairs import (
     radius_offsets,
     source_margins,
 )
-from wsss.refine.random_walk import WALK_PRESETS, WalkSettings, refine_cams
+from wsss.refine.random_walk import WALK_PRESETS, WalkSettings, random_walk
 
 IRN_TRAIN_RADIUS = 10
 IRN_WALK_RADIUS = 5
@@ -169,17 +169,14 @@ def edge_to_affinity(
 IRN_WALK: WalkSettings = WALK_PRESETS["irn"]
 
 
-def refine_with_edge(cams: Tensor, edge: Tensor, settings: WalkSettings = IRN_WALK) -> Tensor:
-    """IRN's semantic random walk of foreground CAMs ``(K, h, w)`` over a boundary map ``(h, w)``.
+def walk_with_edge(cams: Tensor, edge: Tensor, settings: WalkSettings = IRN_WALK) -> Tensor:
+    """IRN's semantic random walk (``propagate_to_edge``) of foreground CAMs ``(K, h, w)`` over a boundary map ``(h, w)``.
 
-    IRN's order (``make_sem_seg_labels`` + ``propagate_to_edge``): raise the CAMs to
-    ``settings.cam_power`` (IRN 1, SPU 1.3, AMR 1.5), multiply them by ``1 − edge`` (scores on
-    boundaries start at 0), walk with affinities ``1 − max edge`` on the radius pairs (β, ``2^logt``
-    steps), then — with ``bg_after_walk`` as in the ``irn`` preset — divide by the global max and
-    put the constant background (0.25) in front. Returns ``(K+1, h, w)``, background first.
-
-    IRN divides by the max *after* upsampling ×4 and cropping to the image; here it is the max
-    of the grid, which differs only by the bilinear overshoot at the border.
+    Raise the CAMs to ``settings.cam_power`` (IRN 1, SPU 1.3, AMR 1.5), multiply them by
+    ``1 − edge`` (scores on boundaries start at 0), walk with affinities ``1 − max edge`` on the
+    radius pairs (β, ``2^logt`` steps). Returns the walked foreground ``(K, h, w)``, neither
+    normalised nor with a background: IRN takes the max only after upsampling and cropping
+    (:func:`wsss.refine.random_walk.foreground_to_labels`).
     """
     if cams.dim() != 3:
         raise ValueError(f"cams must be (K, h, w), got shape {tuple(cams.shape)}")
@@ -194,4 +191,4 @@ def refine_with_edge(cams: Tensor, edge: Tensor, settings: WalkSettings = IRN_WA
     fg = cams.clamp_min(0.0) ** settings.cam_power if settings.cam_power != 1.0 else cams
     fg = fg * (1.0 - edge)
     aff, src, dst = edge_to_affinity(edge[None, None], settings.radius, settings.cover, settings.shrink)
-    return refine_cams(fg, aff[0], src, dst, replace(settings, cam_power=1.0))
+    return random_walk(fg, aff[0], src, dst, settings.beta, settings.logt, settings.method)

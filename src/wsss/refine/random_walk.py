@@ -14,8 +14,15 @@ here the ``(C, n)`` score matrix is multiplied by the sparse ``T`` ``t`` times (
 with C columns): O(t·nnz·C), with nnz ≈ 69·n at radius 5. ``method="dense"`` keeps the
 authors' squaring for parity checks and small grids.
 
-``scores`` carries a background plane, built by :func:`background_plane`: a constant
-(TransCAM 0.42, IRN 0.25) or ``(1 − max_c CAM_c)^α`` (PSA α=16, SEAM α=6).
+The two families put the background in at different points, and each order is kept:
+
+* PSA/TransCAM (:func:`pooled_scores`, :func:`refine_cams`, :func:`scores_to_labels`): the
+  background plane — a constant (TransCAM 0.42) or ``(1 − max_c CAM_c)^α`` (PSA α=16, SEAM
+  α=6) — is built per pixel at full resolution, the whole stack is zero-padded to a multiple
+  of the stride and average-pooled onto the affinity grid, walked, upsampled, arg-maxed.
+* IRN (:func:`walk_foreground`, :func:`foreground_to_labels`): only the foreground is walked;
+  the result is upsampled, cropped to the image, divided by its maximum there, and the
+  constant background (0.25) is put in front just before the arg-max.
 """
 
 from __future__ import annotations
@@ -144,9 +151,10 @@ class WalkSettings:
     """Everything that chooses a walk. Defaults are TransCAM's (β 14, logt 7, constant bg 0.42).
 
     ``cam_power`` raises the foreground CAMs before the walk (IRN-family forks use 1.3–1.5).
-    ``bg_after_walk`` is IRN's order: walk the foreground only, divide by the global max, then
-    put the constant background plane in front; otherwise (PSA/TransCAM) the background plane
-    is walked with the classes. ``cover``/``shrink`` choose the pairs (see ``pair_indices``).
+    ``bg_after_walk`` marks IRN's order: walk the foreground only, then (after upsampling and
+    cropping) divide by the max and put the constant background in front — see
+    :func:`foreground_to_labels`; otherwise (PSA/TransCAM) the background plane is walked with
+    the classes. ``cover``/``shrink`` choose the pairs (see ``pair_indices``).
     """
 
     beta: float = 14.0
@@ -193,16 +201,48 @@ def pool_to_grid(cams: Tensor, stride: int) -> Tensor:
     return x.reshape(*lead, *x.shape[-2:])
 
 
-def refine_cams(cams: Tensor, affinity: Tensor, src: Tensor, dst: Tensor, settings: WalkSettings) -> Tensor:
-    """Walk foreground CAMs ``(K, h, w)`` (on the affinity grid); returns ``(K+1, h, w)`` with bg first."""
-    fg = cams.clamp_min(0.0) ** settings.cam_power if settings.cam_power != 1.0 else cams
-    if not settings.bg_after_walk:
-        scores = with_background(fg, settings.bg_mode, settings.bg_value)
-        return random_walk(scores, affinity, src, dst, settings.beta, settings.logt, settings.method)
-    walked = random_walk(fg, affinity, src, dst, settings.beta, settings.logt, settings.method)
-    peak = walked.max() if walked.numel() else walked.new_tensor(0.0)
-    walked = walked / peak if float(peak) > 0 else walked
-    return with_background(walked, "constant", settings.bg_value)
+def _powered(cams: Tensor, power: float) -> Tensor:
+    return cams.clamp_min(0.0) ** power if power != 1.0 else cams
+
+
+def pooled_scores(cams: Tensor, stride: int, settings: WalkSettings) -> Tensor:
+    """PSA's walk input ``(K+1, ceil(H/s), ceil(W/s))``, background first, from full-resolution CAMs ``(K, H, W)``.
+
+    PSA/TransCAM ``infer_aff`` build the background plane per pixel and pool the whole stack
+    (after zero-padding to a multiple of ``stride``): a power background is the block mean of
+    ``(1 − max)^α``, not ``(1 − block mean)^α``, and a constant one fades in the padded border
+    cells like the classes do. ``stride=1`` means the CAMs are already on the grid.
+    """
+    if cams.dim() != 3:
+        raise ValueError(f"cams must be (K, H, W), got shape {tuple(cams.shape)}")
+    fg = _powered(cams, settings.cam_power)
+    return pool_to_grid(with_background(fg, settings.bg_mode, settings.bg_value), stride)
+
+
+def refine_cams(
+    cams: Tensor, affinity: Tensor, src: Tensor, dst: Tensor, settings: WalkSettings, stride: int = 1
+) -> Tensor:
+    """PSA/TransCAM's walk of full-resolution foreground CAMs ``(K, H, W)`` on the stride-``stride``
+    affinity grid: :func:`pooled_scores`, then :func:`random_walk`. Returns ``(K+1, h, w)``, bg first."""
+    if settings.bg_after_walk:
+        raise ConfigError(
+            "bg_after_walk is IRN's order, whose maximum is taken after upsampling: use walk_foreground "
+            "and foreground_to_labels"
+        )
+    scores = pooled_scores(cams, stride, settings)
+    return random_walk(scores, affinity, src, dst, settings.beta, settings.logt, settings.method)
+
+
+def walk_foreground(
+    cams: Tensor, affinity: Tensor, src: Tensor, dst: Tensor, settings: WalkSettings
+) -> Tensor:
+    """IRN's walk: foreground CAMs ``(K, h, w)`` on the grid, raised to ``cam_power``, walked; no background.
+
+    The result is not normalised: :func:`foreground_to_labels` divides by the maximum of the
+    upsampled, cropped map, as IRN does.
+    """
+    fg = _powered(cams, settings.cam_power)
+    return random_walk(fg, affinity, src, dst, settings.beta, settings.logt, settings.method)
 
 
 def walk_pairs(
@@ -226,11 +266,43 @@ def scores_to_labels(
     height, width = image_size
     if height > h * stride or width > w * stride:
         raise ValueError(f"image size {image_size} exceeds the {h}x{w} grid at stride {stride}")
-    pred = up[:, :height, :width].argmax(dim=0)
+    return _keyed(up[:, :height, :width].argmax(dim=0), keys, c - 1)
+
+
+def _keyed(pred: Tensor, keys: Sequence[int] | Tensor | None, n_fg: int) -> Tensor:
+    """Channel indices (0 = background) → label ids through ``keys`` (None: channel c → label c)."""
     if keys is None:
         return pred
     keys_t = torch.as_tensor(keys, dtype=torch.long, device=pred.device).reshape(-1)
-    if keys_t.numel() != c - 1:
-        raise ValueError(f"{keys_t.numel()} keys for {c - 1} foreground channels")
-    lookup = torch.cat([keys_t.new_zeros(1), keys_t])
-    return lookup[pred]
+    if keys_t.numel() != n_fg:
+        raise ValueError(f"{keys_t.numel()} keys for {n_fg} foreground channels")
+    return torch.cat([keys_t.new_zeros(1), keys_t])[pred]
+
+
+def foreground_to_labels(
+    walked: Tensor,
+    image_size: tuple[int, int],
+    stride: int,
+    bg_value: float,
+    keys: Sequence[int] | Tensor | None = None,
+) -> Tensor:
+    """IRN's label map ``(H, W)`` from walked foreground scores ``(K, h, w)`` (``make_sem_seg_labels``).
+
+    In this order: bilinear ×``stride`` (align_corners False), crop to ``image_size``, divide by
+    the maximum of the cropped map (over every class and pixel; a map with no positive score is
+    left as is), the constant ``bg_value`` in front, arg-max (ties go to background). Dividing
+    by the grid's maximum instead would also count padded cells outside the image.
+    """
+    if walked.dim() != 3:
+        raise ValueError(f"walked scores must be (K, h, w), got shape {tuple(walked.shape)}")
+    k, h, w = walked.shape
+    height, width = image_size
+    if height > h * stride or width > w * stride:
+        raise ValueError(f"image size {image_size} exceeds the {h}x{w} grid at stride {stride}")
+    up = F.interpolate(walked[None], size=(h * stride, w * stride), mode="bilinear", align_corners=False)[0]
+    up = up[:, :height, :width]
+    peak = up.max() if up.numel() else up.new_tensor(0.0)
+    if float(peak) > 0:
+        up = up / peak
+    scores = torch.cat([up.new_full((1, height, width), float(bg_value)), up])
+    return _keyed(scores.argmax(dim=0), keys, k)

@@ -22,7 +22,7 @@ from wsss.data.palette import write_label_png
 from wsss.engine import barrier
 from wsss.refine.crf import label_space_crf
 from wsss.refine.random_walk import WalkSettings
-from wsss.stages.affinity_kinds import walk_image
+from wsss.stages.affinity_kinds import cams_for_walk, walk_image
 from wsss.stages.context import StageContext
 from wsss.stages.scoring import all_written, pending, score_label_folder
 from wsss.stages.train_affinity import load_trained_affinity
@@ -49,10 +49,14 @@ def walk_settings(ctx: StageContext) -> WalkSettings:
 def walk_one(
     model: torch.nn.Module, image: np.ndarray, rec: CamRecord, settings: WalkSettings, device: torch.device
 ) -> np.ndarray:
-    """The random-walk label map (H×W uint8, label-space ids) of one image and its CAM record."""
+    """The random-walk label map (H×W uint8, label-space ids) of one image and its CAM record.
+
+    IRN walks the file's strided maps when they are at its stride; PSA the full-resolution ones.
+    """
     x = normalise_image(torch.as_tensor(image).permute(2, 0, 1).to(device))
     keys = torch.as_tensor(rec.keys.astype(np.int64))
-    return walk_image(model, x, rec.full_resolution(device=device), keys, settings)
+    cams, cam_stride = cams_for_walk(model, rec, device)
+    return walk_image(model, x, cams, keys, settings, cam_stride)
 
 
 def crf_refine(

@@ -22,9 +22,10 @@ lists, so a ResNet without a ``stem`` level gives a 4-level edge branch (128 →
 
 Freezing (IRN detaches every backbone output and keeps the backbone in eval mode): the
 backbone runs under ``no_grad``, its parameters have ``requires_grad=False`` and ``train()``
-keeps it in eval mode. Only the branches train; IRN gives the displacement branch 10× the
-learning rate (``head_names`` marks it for :func:`wsss.engine.optim.param_groups`; see also
-:meth:`IRNet.irn_param_groups`). IRN's ResNet-50 has stride 16 with an *undilated* ``layer4``
+keeps it in eval mode. Only the branches train, in IRN's two optimiser groups
+(:meth:`IRNet.optimizer_groups`, which the training stage uses): the edge branch at ``lr``, the
+displacement branch at ``head_lr_mult·lr`` (IRN: 10), weight decay on every parameter of both
+(GroupNorm and biases included). IRN's ResNet-50 has stride 16 with an *undilated* ``layer4``
 (``strides=[2, 2, 2, 1]``), hence ``output_stride=16, dilate=False`` by default for ResNets.
 """
 
@@ -39,8 +40,8 @@ from torch import Tensor, nn
 from wsss.errors import ConfigError
 from wsss.models.backbones.base import Backbone, FeatureInfo
 from wsss.refine.pairs import Cover
-from wsss.refine.path_index import IRN_TRAIN_RADIUS, IRN_WALK, PathIndex, refine_with_edge
-from wsss.refine.random_walk import WalkSettings
+from wsss.refine.path_index import IRN_TRAIN_RADIUS, IRN_WALK, PathIndex, walk_with_edge
+from wsss.refine.random_walk import WalkSettings, foreground_to_labels
 from wsss.registry import AFFINITY_MODELS, BACKBONES
 
 EDGE_CHANNELS = 32
@@ -225,7 +226,6 @@ class IRNet(nn.Module):
         self.edge = EdgeBranch(infos, edge_channels)
         self.displacement = DisplacementBranch(infos, displacement_channels) if with_displacement else None
         self.output_stride = self.edge.stride
-        self.head_names: tuple[str, ...] = ("displacement",) if with_displacement else ()
         self.backbone.eval()
 
     def train(self, mode: bool = True) -> IRNet:
@@ -267,12 +267,20 @@ class IRNet(nn.Module):
         dp = list(self.displacement.parameters()) if self.displacement is not None else []
         return list(self.edge.parameters()), dp
 
-    def irn_param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """IRN's optimiser groups: edge branch at ``lr``, displacement branch at ``10·lr``."""
+    def optimizer_groups(
+        self, lr: float, weight_decay: float, head_lr_mult: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """IRN's groups (``train_irn.py``): edge at ``lr``, displacement at ``head_lr_mult·lr``, decay on all.
+
+        Not DeepLab-style ``head_names`` groups: IRN gives biases and GroupNorm parameters the
+        same lr and weight decay as the weights, and the frozen backbone has no group.
+        """
         edge, dp = self.trainable_parameters()
         groups = [{"name": "edge", "params": edge, "lr": lr, "weight_decay": weight_decay}]
         if dp:
-            groups.append({"name": "displacement", "params": dp, "lr": 10 * lr, "weight_decay": weight_decay})
+            groups.append(
+                {"name": "displacement", "params": dp, "lr": head_lr_mult * lr, "weight_decay": weight_decay}
+            )
         return groups
 
 
@@ -302,23 +310,33 @@ def build_irn(
     return IRNet(net, levels, edge_channels, with_displacement, displacement_channels)
 
 
-def irn_refine(cams: Tensor, image: Tensor, model: IRNet, settings: WalkSettings = IRN_WALK) -> Tensor:
-    """IRN's semantic random walk for one image: ``(K+1, h, w)`` scores, background first.
+def irn_refine(
+    cams: Tensor,
+    image: Tensor,
+    model: IRNet,
+    settings: WalkSettings = IRN_WALK,
+    keys: Sequence[int] | Tensor | None = None,
+) -> Tensor:
+    """IRN's semantic random walk for one image (``make_sem_seg_labels``): the label map ``(H, W)``.
 
-    ``cams``: foreground CAMs ``(K, h, w)`` on the stride-4 grid (IRN's strided ``cam``,
+    ``cams``: foreground CAMs ``(K, h, w)`` on the model's stride-4 grid (IRN's strided ``cam``,
     max-normalised); ``image``: the normalised input ``(3, H, W)`` with ``ceil(H/4) = h``. The
-    edge map comes from the image and its mirror; the rest is :func:`refine_with_edge`
-    (CAM power, ×(1 − edge), walk over ``1 − max edge`` with radius 5, β 10, 2^8 steps, global
-    max, constant background 0.25 in front). Upsample and arg-max with
-    :func:`wsss.refine.random_walk.scores_to_labels` (stride 4).
+    edge map comes from the image and its mirror; :func:`walk_with_edge` walks (CAM power,
+    ×(1 − edge), ``1 − max edge`` affinities with radius 5, β 10, 2^8 steps); then
+    :func:`foreground_to_labels` upsamples ×4, crops to ``H×W``, divides by the max, puts the
+    constant background (0.25) in front and arg-maxes. ``keys`` maps channels 1.. to label ids.
     """
     if image.dim() != 3:
         raise ValueError(f"image must be (3, H, W), got shape {tuple(image.shape)}")
+    if settings.bg_mode != "constant":
+        raise ConfigError(f"IRN's walk puts a constant background in front, not bg_mode {settings.bg_mode!r}")
     param = next(model.parameters(), None)
     device = param.device if param is not None else image.device
     with torch.no_grad():
         edge = model.edge_map(image[None].to(device))[0, 0]
-    return refine_with_edge(cams.to(device), edge, settings)
+    walked = walk_with_edge(cams.to(device), edge, settings)
+    size = (int(image.shape[-2]), int(image.shape[-1]))
+    return foreground_to_labels(walked, size, model.output_stride, settings.bg_value, keys)
 
 
 __all__ = [

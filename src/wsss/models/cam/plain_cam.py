@@ -48,8 +48,6 @@ def _with_background(fg: Tensor) -> Tensor:
 class PlainCAM(nn.Module):
     """Backbone + ``classifier`` (1×1 conv, no bias, K = ``num_classes - 1`` outputs)."""
 
-    head_names = ("classifier",)
-
     def __init__(
         self,
         backbone: Backbone,
@@ -83,6 +81,17 @@ class PlainCAM(nn.Module):
         self.classifier = nn.Conv2d(level.channels, num_classes - 1, kernel_size=1, bias=False)
         if classifier_init == "xavier":
             nn.init.xavier_uniform_(self.classifier.weight)
+
+    def optimizer_groups(self, lr: float, weight_decay: float, head_lr_mult: float) -> list[dict[str, Any]]:
+        """IRN's ``train_cam.py`` groups: the trainable backbone at ``lr``, the new classifier at
+        ``head_lr_mult·lr`` (IRN: 10), weight decay on both (norm and bias parameters included)."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        groups = [{"name": "backbone", "params": backbone, "lr": lr, "weight_decay": weight_decay}]
+        head = [p for p in self.classifier.parameters() if p.requires_grad]
+        groups.append(
+            {"name": "classifier", "params": head, "lr": lr * head_lr_mult, "weight_decay": weight_decay}
+        )
+        return [g for g in groups if g["params"]]
 
     def forward(self, x: Tensor, with_attention: bool = False) -> PlainCAMOutput:
         """``with_attention`` is accepted for the training loop's uniform call; there is no attention."""

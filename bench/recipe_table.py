@@ -1,0 +1,139 @@
+"""The README's recipe table: each CPU recipe run end to end over 3 seeds, mean ± std of every step.
+
+Every (recipe, seed) is one `wsss run RECIPE --set seed=S` in its own run directory under
+``--out``; a finished run is skipped (the pipeline skips finished stages), so an interrupted table
+resumes. The numbers come from each run's ``run.json``; the all-background baseline (every pixel
+background) is computed from the same masks and printed beside them, so a step below it shows.
+
+    python bench/recipe_table.py                               # default recipes, seeds 0 1 2
+    python bench/recipe_table.py --recipes synth/bnr-nano --seeds 0 1 2 --out runs/table
+
+Runs one process at a time with OMP_NUM_THREADS=2 (two processes on 2 cores slow each other
+down far more than twofold). Expect about 5 minutes per synth run and 11 per coco128 run on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_RECIPES = ["synth/bnr-nano", "synth/transcam-nano", "synth/irn-nano", "coco128/cam-mobilenet"]
+SYNTH_ROOT = "data/synth"
+
+# (column, stage in run.json, how to read the number from that stage's metrics)
+COLUMNS: list[tuple[str, str, tuple[str, ...]]] = [
+    ("seeds, train, oracle", "eval-cams", ("splits", "train", "oracle_miou")),
+    ("seeds, val, thr. from train", "eval-cams", ("splits", "val", "miou_at_chosen")),
+    ("pseudo-labels, train", "make-labels", ("miou",)),
+    ("random walk, train", "random-walk", ("miou",)),
+    ("segmentation, val", "predict", ("val", "miou")),
+]
+
+
+def _dig(tree: dict, path: tuple[str, ...]) -> float | None:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return float(tree) if isinstance(tree, (int, float)) else None
+
+
+def run_dir_of(out: Path, recipe: str, seed: int) -> Path:
+    return out / f"{recipe.replace('/', '-')}-s{seed}"
+
+
+def run_one(recipe: str, seed: int, out: Path, env: dict[str, str]) -> dict:
+    """Run (or finish) one recipe at one seed; return its run.json."""
+    run_dir = run_dir_of(out, recipe, seed)
+    cmd = [sys.executable, "-m", "wsss", "run", recipe, "--out", str(run_dir), "--set", f"seed={seed}"]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"{' '.join(cmd)} failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}"
+        )
+    print(f"  {recipe} seed {seed}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return json.loads((run_dir / "run.json").read_text())
+
+
+def all_background_miou(run_dir: Path, split: str) -> float | None:
+    """mIoU of predicting background everywhere on ``split`` (the run's dataset and mean convention).
+
+    The trivial baseline a result must beat; None when the split has no masks.
+    """
+    import numpy as np
+
+    from wsss.config import load_recipe
+    from wsss.eval.confusion import ConfusionMatrix
+    from wsss.eval.metrics import scores
+    from wsss.stages.context import build_dataset
+
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    ds = build_dataset(recipe.data, split)
+    if not ds.has_masks:
+        return None
+    matrix = ConfusionMatrix(ds.num_classes)
+    for i in range(len(ds)):
+        gt = ds.read_mask(i)
+        matrix.update(np.zeros_like(gt), gt)
+    return scores(matrix.matrix, ds.class_names, recipe.evaluate.mean)["miou"]
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "—"
+    mean = 100 * statistics.mean(values)
+    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=Path("runs/recipe-table"))
+    args = ap.parse_args()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    if any(r.startswith("synth/") for r in args.recipes) and not (Path(SYNTH_ROOT) / "classes.txt").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "wsss", "data", "synth", "--root", SYNTH_ROOT], check=True, env=env
+        )
+    rows = []
+    for recipe in args.recipes:
+        records = [run_one(recipe, seed, args.out, env) for seed in args.seeds]
+        cells = []
+        for _, stage, path in COLUMNS:
+            vals = [
+                v
+                for r in records
+                if (v := _dig(r["stages"].get(stage, {}).get("metrics", {}), path)) is not None
+            ]
+            cells.append(fmt(vals))
+        thresholds = [
+            _dig(r["stages"].get("eval-cams", {}).get("metrics", {}), ("chosen_threshold",)) for r in records
+        ]
+        cells.append(", ".join(f"{t:.2f}" for t in thresholds if t is not None) or "—")
+        first = run_dir_of(args.out, recipe, args.seeds[0])
+        rec = records[0]["config"]["data"]
+        base = [
+            all_background_miou(first, rec["seed_eval_split"]),
+            all_background_miou(first, rec["val_split"]),
+        ]
+        cells.append(" / ".join("—" if b is None else f"{100 * b:.1f}" for b in base))
+        rows.append((recipe, cells))
+    print(f"mIoU %, mean ± std over seeds {', '.join(map(str, args.seeds))} (run directories in {args.out})")
+    header = ["recipe", *[c[0] for c in COLUMNS], "threshold chosen on train", "all-background train / val"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for recipe, cells in rows:
+        print(f"| `{recipe}` | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
