@@ -150,3 +150,25 @@ def test_bnr_gradient_reaches_attention_qkv_unless_detached():
     cam_only = _bnr_grad(detach=True, cam_detached=False)
     assert full is not None and cam_only is not None
     assert not torch.allclose(full, cam_only)
+
+
+def test_objectives_run_their_own_forward_once_with_the_attention_they_need() -> None:
+    """``step(net, x, y)`` is what train-cls calls: one forward, attention only when needed."""
+    from wsss.losses.objective import Objective
+
+    calls: list[bool] = []
+
+    class Net(torch.nn.Module):
+        def forward(self, x, with_attention=False):
+            calls.append(with_attention)
+            return fake_output(x, torch.zeros(1))
+
+    class Echo(Objective):
+        needs_attention = True
+
+        def forward(self, out, labels):
+            return {"loss": out.cam.sum() * 0 + labels.sum()}
+
+    got = Echo().step(Net(), torch.ones(2, 3, 4, 4), torch.tensor([1.0, 2.0]))
+    assert calls == [True] and float(got["loss"]) == 3.0
+    assert Echo.forwards_per_step == 1 and METHODS.build("bnr").forwards_per_step == 1

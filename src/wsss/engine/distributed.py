@@ -146,6 +146,7 @@ def wrap_ddp(
     *,
     sync_bn: bool = False,
     find_unused_parameters: bool = False,
+    static_graph: bool = False,
 ) -> nn.Module:
     """Wrap ``model`` (already on its device) in DDP when the world has more than one process.
 
@@ -166,7 +167,10 @@ def wrap_ddp(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [first.device.index] if on_gpu else None
     return DistributedDataParallel(
-        model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+        model,
+        device_ids=device_ids,
+        find_unused_parameters=find_unused_parameters,
+        static_graph=static_graph,
     )
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from wsss.errors import ConfigError
+from wsss.losses.objective import Objective
 from wsss.models.cam.transcam import TransCAMOutput, a_star, refine
 from wsss.registry import METHODS
 
@@ -37,7 +38,7 @@ def bnr_maps(
     return refine(refined, attn * (noise_scale / num_blocks))
 
 
-class BNRObjective(nn.Module):
+class BNRObjective(Objective):
     """Training loss on a ``TransCAMOutput``; ``use_bnr=False`` is plain TransCAM.
 
     ``needs_attention`` tells the training loop to run the model with ``with_attention=True``.

@@ -8,14 +8,15 @@ per-class logistic loss, ``-[y·log σ(s) + (1-y)·log(1-σ(s))]``.
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from wsss.errors import ConfigError
+from wsss.losses.objective import Objective
 from wsss.models.cam.plain_cam import PlainCAMOutput
 from wsss.registry import METHODS
 
 
-class PlainCAMObjective(nn.Module):
+class PlainCAMObjective(Objective):
     """Classification loss for the plain CAM; returns ``{'loss', 'cls'}``.
 
     ``needs_attention = False``: the training loop runs the model without attention maps.

@@ -57,10 +57,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
     def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x = batch["image"].to(ctx.device, non_blocking=True)
         y = batch["labels"].to(ctx.device, non_blocking=True)
-        return method(net(x, with_attention=method.needs_attention), y)
+        return method.step(net, x, y)
 
     metrics = train_loop(
-        ctx, name=NAME, model=model, dataset=ds, cfg=c, step_fn=step, state_path=ctx.paths.classifier_state
+        ctx,
+        name=NAME,
+        model=model,
+        dataset=ds,
+        cfg=c,
+        step_fn=step,
+        state_path=ctx.paths.classifier_state,
+        ddp_static_graph=method.forwards_per_step > 1,
     )
     if ctx.dist.is_main:
         export_weights(

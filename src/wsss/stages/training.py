@@ -101,11 +101,14 @@ def train_loop(
     step_fn: StepFn,
     state_path: Path,
     on_epoch_end: Callable[[int], None] | None = None,
+    ddp_static_graph: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.epochs`` (resuming from ``state_path``); return measured numbers.
 
     ``on_epoch_end(epoch)`` runs on the main process after each epoch's checkpoint is written
-    (e.g. validation), while the other processes wait.
+    (e.g. validation), while the other processes wait. ``ddp_static_graph``: the step uses some
+    parameters in more than one forward (multi-view objectives), which DDP allows only with a
+    static graph.
     """
     device, dist = ctx.device, ctx.dist
     drop_last = len(dataset) >= cfg.batch_size
@@ -124,7 +127,7 @@ def train_loop(
         )
         start_epoch, step = int(meta["epoch"]), int(meta["step"])
         ctx.logger.info("%s: resuming from %s at epoch %d", name, state_path, start_epoch)
-    net = wrap_ddp(model, dist, sync_bn=cfg.sync_bn and dist.world_size > 1)
+    net = wrap_ddp(model, dist, sync_bn=cfg.sync_bn and dist.world_size > 1, static_graph=ddp_static_graph)
     writer = ScalarWriter(ctx.run_dir)
     t0, seen = time.time(), 0
     last: dict[str, float] = {}

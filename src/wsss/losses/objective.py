@@ -1,0 +1,28 @@
+"""The classifier-training objective interface that ``train-cls`` calls once per batch.
+
+``objective.step(net, images, labels) → {'loss': …, …}`` owns the forward passes, so an objective
+that needs several views of a batch (SEAM's image and its rescaled copy) runs them itself, and
+the training stage stays one loop for every method. Most objectives need a single forward: they
+subclass :class:`Objective` and implement ``forward(out, labels)`` on the network's output;
+``step`` then runs the network once (with attention when ``needs_attention``).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class Objective(nn.Module):
+    """Base of the ``METHODS`` entries.
+
+    ``needs_attention``: run the network with ``with_attention=True`` (TransCAM's attention maps).
+    ``forwards_per_step``: how many forward passes ``step`` makes; above 1 the training loop
+    builds DDP with a static graph, which allows parameters to be used more than once per backward.
+    """
+
+    needs_attention: bool = False
+    forwards_per_step: int = 1
+
+    def step(self, net: nn.Module, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """The losses of one batch: one forward of ``net`` (which may be DDP-wrapped), then ``forward``."""
+        return self(net(images, with_attention=self.needs_attention), labels)
