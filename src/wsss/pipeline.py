@@ -32,6 +32,7 @@ from wsss.registry import (
     BACKBONES,
     CAM_EXTRACTORS,
     CAM_MODELS,
+    CAM_TRANSFORMS,
     DATASETS,
     LABEL_GENERATORS,
     LOSSES,
@@ -103,7 +104,28 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
             (BACKBONES, c.backbone, "classifier.backbone", {}, ""),
         ],
         "make-cams": [(CAM_EXTRACTORS, recipe.cams.extractor, "cams.extractor", {}, "")],
-        "make-labels": [(LABEL_GENERATORS, recipe.labels.mode, "labels.mode", {}, "")],
+        "make-labels": [
+            (
+                LABEL_GENERATORS,
+                recipe.labels.mode,
+                "labels.mode",
+                recipe.labels.mode_args,
+                "labels.mode_args",
+            ),
+            *(
+                [
+                    (
+                        CAM_TRANSFORMS,
+                        recipe.labels.cam_transform,
+                        "labels.cam_transform",
+                        recipe.labels.cam_transform_args,
+                        "labels.cam_transform_args",
+                    )
+                ]
+                if recipe.labels.cam_transform is not None
+                else []
+            ),
+        ],
         "train-affinity": [
             (AFFINITY_MODELS, a.model, "affinity.model", a.model_args, "affinity.model_args"),
             (BACKBONES, a.backbone, "affinity.backbone", {}, ""),

@@ -63,6 +63,18 @@ class ClassifierConfig(TrainerConfig):
     crop_size: int = 512
     flip: bool = True
     color_jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1)  # null: none
+    # PMM's heatmap-guided crops: ``random`` = resize-long + random crop (above); ``heat`` = windows of
+    # ``crop_size`` every ``heat_stride`` pixels over the image rescaled by one of ``heat_scales``,
+    # relabelled from the rough masks in ``heat_masks`` (a label folder of a phase-A run, 255 = unsure):
+    # class k stays when the crop holds > ``heat_keep`` of its confident pixels, or they fill > ``heat_keep``
+    # of the crop.
+    crops: Literal["random", "heat"] = "random"
+    heat_masks: str | None = None
+    heat_scales: list[float] = field(
+        default_factory=lambda: [0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0]
+    )
+    heat_stride: int = 300
+    heat_keep: float = 0.1
 
 
 @dataclass
@@ -81,13 +93,23 @@ class CamConfig:
     batched: bool = True  # flips (and equal-size scales) in one forward
     batch_images: int = 4  # images per forward group when batched
     stride: int = 4  # stored CAM stride relative to the original image (1 = full resolution)
+    # PMM's multi-crop inference: with ``window`` set, every scale's image is tiled by window×window
+    # crops every ``window_stride`` pixels, each crop (and its flip) resized to the window and run, and
+    # the maps averaged by overlap count; ``scales`` are then relative factors (PMM: 0.75 … 3.0).
+    window: int | None = None
+    window_stride: int = 300
 
 
 @dataclass
 class LabelConfig:
     """Stage ``make-labels``: pseudo-labels from CAM files (255 = uncertain)."""
 
-    mode: str = "threshold"  # LABEL_GENERATORS registry name: threshold | confident | alpha
+    mode: str = "threshold"  # LABEL_GENERATORS registry name: threshold | confident | alpha | ppg | rough
+    mode_args: dict[str, Any] = field(default_factory=dict)  # extra keywords of the generator (ppg: alpha …)
+    # A CAM_TRANSFORMS entry applied to every CAM file's maps before the generator (cvs: PMM's
+    # coefficient-of-variation smoothing), with its keywords; None: the maps as stored.
+    cam_transform: str | None = None
+    cam_transform_args: dict[str, Any] = field(default_factory=dict)
     bg_threshold: float = 0.25  # 'threshold': constant background score
     fg_threshold: float = 0.60  # 'confident': fg where the best class ≥ this (TransCAM 0.60, IRN 0.30)
     low_threshold: float = 0.25  # 'confident': bg where the best class ≤ this (TransCAM 0.25, IRN 0.05)
