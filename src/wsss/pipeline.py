@@ -7,6 +7,7 @@ every stage's timing and measured numbers; ``recipe.yaml`` is the resolved recip
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ from wsss.files import remove_stale_temp_files, write_json
 from wsss.models.backbones.base import TORCHVISION
 from wsss.models.backbones.mobilenet import OFFLINE, OFFLINE_MISSING, offline_mobilenet_v2_weights
 from wsss.refine.crf import get_preset
+from wsss.refine.label_generators import check_label_config
 from wsss.registry import (
     AFFINITY_MODELS,
     BACKBONES,
@@ -105,13 +107,7 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
         ],
         "make-cams": [(CAM_EXTRACTORS, recipe.cams.extractor, "cams.extractor", {}, "")],
         "make-labels": [
-            (
-                LABEL_GENERATORS,
-                recipe.labels.mode,
-                "labels.mode",
-                recipe.labels.mode_args,
-                "labels.mode_args",
-            ),
+            (LABEL_GENERATORS, recipe.labels.mode, "labels.mode", {}, ""),  # + check_label_config
             *(
                 [
                     (
@@ -156,6 +152,8 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
                 lookup(value)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+    if "make-labels" in names:  # the generator's mode_args and its own rules (e.g. PPG without cvs)
+        check_label_config(dataclasses.asdict(recipe.labels))
 
 
 def _weight_files(recipe: Recipe, stage: str) -> list[tuple[str, str | None]]:

@@ -12,6 +12,7 @@ import torch
 from wsss.config import LabelConfig, load_recipe
 from wsss.errors import ConfigError
 from wsss.pipeline import run_pipeline
+from wsss.refine.label_generators import check_label_config
 from wsss.registry import LABEL_GENERATORS
 
 # one class (id 3) over a 1x4 strip: scores 0.9, 0.5, 0.2, 0.0
@@ -77,5 +78,66 @@ def test_generators_pass_the_crf_label_space(monkeypatch: pytest.MonkeyPatch, mo
 def test_unknown_mode_fails_before_any_work(tmp_path: Path) -> None:
     recipe = load_recipe("synth/bnr-nano", [f"data.root={tmp_path / 'data'}", "labels.mode=treshold"])
     with pytest.raises(ConfigError, match=r"labels\.mode.*threshold"):
+        run_pipeline(recipe, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run" / "train-cls").exists()
+
+
+def test_ppg_and_rough_by_name_take_their_mode_args() -> None:
+    """The generators read their settings from keywords (labels.mode_args) and the backend from cfg."""
+    from tests.refine.test_ppg import mirror_scene, overlap_scene
+
+    image, cams, want = overlap_scene()
+    ppg = LABEL_GENERATORS.get("ppg")(
+        torch.from_numpy(cams), np.array([3, 7]), lambda: image, _cfg(crf_backend="torch"), 8, alpha=11.0
+    )
+    assert np.array_equal(ppg, want)
+    # the mirror scene's middle column ties near 0.5: 255 at confidence 0.9, a class at 0.3
+    image, cams = mirror_scene()
+    rough = LABEL_GENERATORS.get("rough")
+    cfg = _cfg(crf_backend="torch")
+    assert (rough(torch.from_numpy(cams), np.array([3, 7]), lambda: image, cfg, 8)[:, 4] == 255).all()
+    low = rough(torch.from_numpy(cams), np.array([3, 7]), lambda: image, cfg, 8, confidence=0.3)
+    assert set(low[:, 4].tolist()) <= {3, 7}
+
+
+def test_ppg_refuses_a_cvs_transform_in_front() -> None:
+    cfg = _cfg(mode="ppg", cam_transform="cvs")
+    with pytest.raises(ConfigError, match=r"already smooths.*cv_scale"):
+        LABEL_GENERATORS.get("ppg")(CAMS, KEYS, _never_read, cfg, 4)
+    with pytest.raises(ConfigError, match="already smooths"):
+        check_label_config(cfg)
+    check_label_config(_cfg(mode="threshold", cam_transform="cvs"))  # other modes may use it
+
+
+@pytest.mark.parametrize(
+    ("mode", "kw", "match"),
+    [
+        ("rough", {"mode_args": {"crf": "label"}}, "softmax"),
+        ("ppg", {"mode_args": {"cv_scale": -1.0}}, "cv_scale"),
+        ("ppg", {"mode_args": {"alpah": 3.0}}, r"labels\.mode_args\.alpah"),
+        ("threshold", {"mode_args": {"alpha": 3.0}}, r"labels\.mode_args\.alpha"),
+        ("rough", {"crf_label_space": "dataset"}, "crf_label_space"),
+    ],
+)
+def test_label_config_checks_fail_before_any_image(mode: str, kw: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        check_label_config(_cfg(mode=mode, **kw))
+
+
+def test_ppg_with_a_cvs_transform_fails_before_any_training(tmp_path: Path) -> None:
+    """PPG smooths with CVS itself: asking for the transform too is refused before train-cls runs."""
+    recipe = load_recipe(
+        "synth/bnr-nano", [f"data.root={tmp_path / 'data'}", "labels.mode=ppg", "labels.cam_transform=cvs"]
+    )
+    with pytest.raises(ConfigError, match="cv_scale"):
+        run_pipeline(recipe, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run" / "train-cls").exists()
+
+
+def test_unknown_mode_args_key_fails_before_any_work(tmp_path: Path) -> None:
+    recipe = load_recipe(
+        "synth/bnr-nano", [f"data.root={tmp_path / 'data'}", "labels.mode=ppg", "labels.mode_args={alpah: 3}"]
+    )
+    with pytest.raises(ConfigError, match=r"labels\.mode_args\.alpah"):
         run_pipeline(recipe, tmp_path / "run", device="cpu")
     assert not (tmp_path / "run" / "train-cls").exists()

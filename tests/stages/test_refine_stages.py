@@ -73,3 +73,62 @@ def test_affinity_chain_writes_scored_pseudo_masks(synth_root: Path, tmp_path: P
     pseudo_json = json.loads((run / "eval" / "pseudo.json").read_text())["summary"]
     assert pseudo_json["evaluated_on"] == "train" and 0.0 <= pseudo_json["miou"] <= 1.0
     assert record["stages"]["random-walk"]["metrics"]["miou"] == pseudo_json["miou"]
+
+
+def test_make_label_applies_the_cam_transform_and_passes_mode_args(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``labels.cam_transform: cvs`` reshapes the maps the generator receives (built once per
+    process), and ``labels.mode_args`` arrive as keywords."""
+    import math
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from wsss.cams.files import save_cam
+    from wsss.config import LabelConfig
+    from wsss.stages import make_labels
+
+    seen: list[tuple[np.ndarray, list[int], dict]] = []
+
+    def capture(cams, keys, image, cfg, num_classes, **kwargs):
+        seen.append((cams.numpy().copy(), keys.tolist(), kwargs))
+        return np.zeros(cams.shape[1:], np.uint8)
+
+    monkeypatch.setattr(make_labels, "LABEL_GENERATORS", SimpleNamespace(get=lambda name, where="": capture))
+    # float16-exact values; class 3 above t = 0.05: 0.25, 0.5, 1.0 (mean 1.75 / 3, population
+    # variance 0.291667 / 3); class 8 is flat (CoV 0): CVS leaves it as it is.
+    cams = np.array([[[0.0, 0.25, 0.5, 1.0]], [[0.5, 0.5, 0.5, 0.5]]], np.float32)
+    save_cam(tmp_path / "a.npz", cams, [3, 8], (1, 4), norm="minmax")
+    cfg = asdict(
+        LabelConfig(cam_transform="cvs", cam_transform_args={"cv_scale": 0.3}, mode_args={"alpha": 5.0})
+    )
+    make_labels.make_label(cfg, tmp_path / "a.npz", tmp_path / "unread.png", 9)
+    e = 1.0 - 0.3 * math.sqrt(
+        (0.25 - 7 / 12) ** 2 / 3 + (0.5 - 7 / 12) ** 2 / 3 + (1.0 - 7 / 12) ** 2 / 3
+    ) / (7 / 12)
+    got, keys, kwargs = seen[-1]
+    np.testing.assert_allclose(got, [[[0.0, 0.25**e, 0.5**e, 1.0]], [[0.5] * 4]], rtol=1e-6)
+    assert keys == [3, 8] and kwargs == {"alpha": 5.0}
+    assert make_labels.cam_transform(cfg) is make_labels.cam_transform(cfg)  # built once, then reused
+    cfg.update(cam_transform=None, mode_args={})
+    make_labels.make_label(cfg, tmp_path / "a.npz", tmp_path / "unread.png", 9)
+    assert np.array_equal(seen[-1][0], cams) and seen[-1][2] == {}
+
+
+def test_ppg_labels_through_the_pipeline(synth_root: Path, tmp_path: Path) -> None:
+    """``labels.mode=ppg`` end to end: every pixel labelled, only with background or the image's tags."""
+    stages = "stages=[train-cls,make-cams,make-labels]"
+    tiny = [s for s in TINY if not s.startswith(("labels.", "affinity.", "random_walk."))]
+    ppg = ["labels.mode=ppg", "labels.crf_backend=torch", "labels.mode_args={alpha: 11.0, cv_scale: 0.3}"]
+    recipe = load_recipe("synth/bnr-nano", [f"data.root={synth_root}", stages, *tiny, *ppg])
+    run = tmp_path / "run"
+    run_pipeline(recipe, run, device="cpu")
+    labels = sorted((run / "labels").glob("*.png"))
+    assert len(labels) == 16
+    seen_fg = False
+    for path in labels:
+        mask = read_label_png(path)
+        tags = np.load(run / "cams" / f"{path.stem}.npz")["keys"].tolist()
+        assert mask.shape == (64, 64) and set(np.unique(mask).tolist()) <= {0, *tags}
+        seen_fg |= bool((mask > 0).any())
+    assert seen_fg

@@ -1,26 +1,31 @@
 """Stage ``make-labels``: pseudo-labels from CAM files, as palette PNGs (255 = uncertain).
 
 ``threshold`` (a constant background score), ``confident`` (IRN/TransCAM dual threshold) or
-``alpha`` (PSA's (1 − max)^α background), each optionally sharpened by a dense-CRF preset, run
-in a process pool over images. Resumable and sharded like ``make-cams``. The labels of the
-seed-evaluation split are scored against its ground truth (used for measurement only).
+``alpha`` (PSA's (1 − max)^α background), each optionally sharpened by a dense-CRF preset, or PMM's
+``ppg`` / ``rough`` (settings in ``labels.mode_args``), run in a process pool over images. A
+``labels.cam_transform`` (PMM's ``cvs``) reshapes each file's maps before the generator.
+Resumable and sharded like ``make-cams``. The labels of the seed-evaluation split are scored
+against its ground truth (used for measurement only).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from wsss.cams.files import load_cam
 from wsss.data.images import read_image
 from wsss.data.palette import write_label_png
 from wsss.engine import barrier
+from wsss.refine.label_generators import check_label_config
 from wsss.refine.pool import parallel_map
-from wsss.registry import LABEL_GENERATORS
+from wsss.registry import CAM_TRANSFORMS, LABEL_GENERATORS
 from wsss.stages.context import StageContext
 from wsss.stages.scoring import all_written, pending, score_label_folder
 
@@ -31,13 +36,33 @@ def is_complete(ctx: StageContext) -> bool:
     return all_written(ctx, ctx.paths.label_dir, ".png") and (ctx.paths.eval_dir / "labels.json").is_file()
 
 
+CamTransform = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
+_TRANSFORMS: dict[tuple[str, str], CamTransform] = {}  # built per process (pool workers included)
+
+
+def cam_transform(cfg: dict[str, Any]) -> CamTransform | None:
+    """``labels.cam_transform`` built with its arguments, once per process; None when unset."""
+    name = cfg["cam_transform"]
+    if name is None:
+        return None
+    args = cfg["cam_transform_args"]
+    key = (name, repr(sorted(args.items())))
+    if key not in _TRANSFORMS:
+        _TRANSFORMS[key] = CAM_TRANSFORMS.build(name, "labels.cam_transform_args", **args)
+    return _TRANSFORMS[key]
+
+
 def make_label(cfg: dict[str, Any], cam_path: Path, image_path: Path, num_classes: int) -> np.ndarray:
     """One pseudo-label (HxW uint8) from one CAM file; ``cfg`` is a ``LabelConfig`` as a dict and
     ``num_classes`` the dataset's label count with background."""
     rec = load_cam(cam_path)
     generate = LABEL_GENERATORS.get(cfg["mode"], "labels.mode")
     image = partial(read_image, image_path)
-    return generate(rec.full_resolution(), rec.keys.astype(np.int64), image, cfg, num_classes)
+    cams, keys = rec.full_resolution(), rec.keys.astype(np.int64)
+    transform = cam_transform(cfg)
+    if transform is not None:
+        cams = transform(cams, keys)
+    return generate(cams, keys, image, cfg, num_classes, **cfg["mode_args"])
 
 
 def _write_one(job: tuple[dict[str, Any], Path, Path, Path, int]) -> None:
@@ -49,6 +74,8 @@ def _write_one(job: tuple[dict[str, Any], Path, Path, Path, int]) -> None:
 def run(ctx: StageContext) -> dict[str, Any]:
     r = ctx.recipe
     cfg = asdict(r.labels)
+    check_label_config(cfg)  # settings errors before the first image, not from a pool worker
+    cam_transform(cfg)  # its arguments fail here too
     folder, cam_dir = ctx.paths.label_dir, ctx.paths.cam_dir
     jobs = [
         (cfg, cam_dir / f"{ds.names[i]}.npz", ds.image_path(i), folder / f"{ds.names[i]}.png", ds.num_classes)
