@@ -8,6 +8,11 @@ background) is computed from the same masks and printed beside them, so a step b
     python bench/recipe_table.py                               # default recipes, seeds 0 1 2
     python bench/recipe_table.py --recipes synth/bnr-nano --seeds 0 1 2 --out runs/table
 
+Recipes that train the same classifier and make the same CAMs (equal ``data``, ``classifier``,
+``cams`` and ``seed``, e.g. ``synth/bnr-nano`` and ``synth/bnr-pmm``) share them: the later run
+starts from a copy of the earlier one's ``train-cls/`` and ``cams/``, so its numbers differ only
+by what comes after (paired comparison, and half the CPU time).
+
 Runs one process at a time with OMP_NUM_THREADS=2 (two processes on 2 cores slow each other
 down far more than twofold). Expect about 5 minutes per synth run and 11 per coco128 run on 2 cores.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,6 +52,30 @@ def _dig(tree: dict, path: tuple[str, ...]) -> float | None:
 
 def run_dir_of(out: Path, recipe: str, seed: int) -> Path:
     return out / f"{recipe.replace('/', '-')}-s{seed}"
+
+
+SHARED_SECTIONS = ("data", "classifier", "cams")
+SHARED_DIRS = ("train-cls", "cams")
+
+
+def _cam_key(recipe: str, seed: int) -> str:
+    """What decides a run's classifier and CAMs: equal keys give identical train-cls/ and cams/."""
+    from wsss.config import load_recipe, to_dict
+
+    tree = to_dict(load_recipe(recipe, [f"seed={seed}"]))
+    return json.dumps({k: tree[k] for k in (*SHARED_SECTIONS, "seed")}, sort_keys=True)
+
+
+def share_cams(run_dir: Path, donors: dict[str, Path], key: str) -> None:
+    """Start ``run_dir`` from a finished run with the same classifier and CAMs, when there is one."""
+    donor = donors.get(key)
+    if donor is None or (run_dir / "recipe.yaml").is_file():
+        donors.setdefault(key, run_dir)
+        return
+    for name in SHARED_DIRS:
+        if (donor / name).is_dir():
+            shutil.copytree(donor / name, run_dir / name, dirs_exist_ok=True)
+    print(f"  {run_dir.name}: train-cls/ and cams/ shared from {donor.name}", file=sys.stderr, flush=True)
 
 
 def run_one(recipe: str, seed: int, out: Path, env: dict[str, str]) -> dict:
@@ -105,8 +135,12 @@ def main() -> None:
             [sys.executable, "-m", "wsss", "data", "synth", "--root", SYNTH_ROOT], check=True, env=env
         )
     rows = []
+    donors: dict[str, Path] = {}
     for recipe in args.recipes:
-        records = [run_one(recipe, seed, args.out, env) for seed in args.seeds]
+        records = []
+        for seed in args.seeds:
+            share_cams(run_dir_of(args.out, recipe, seed), donors, _cam_key(recipe, seed))
+            records.append(run_one(recipe, seed, args.out, env))
         cells = []
         for _, stage, path in COLUMNS:
             vals = [

@@ -37,7 +37,8 @@ for _name, _doc in (
     ("transcam", "TransCAM: M* = A*·M, the block-summed attention propagating the conv CAM"),
     ("conv", "the raw conv CAM head M (TransCAM's convcam; the plain CAM's pre-ReLU map)"),
     ("clsattn", "TransCAM's class-token attention row times M"),
-    ("cam", "IRN's CAM: ReLU(W·features) of the plain CAM classifier"),
+    ("cam", "IRN's CAM: ReLU(W·features) of the plain CAM classifier (and SEAM's fc8 map)"),
+    ("rv", "SEAM's PCM-revised CAM (what SEAM and PMM read at inference)"),
 ):
     CAM_EXTRACTORS.register(_name)(_method_extractor(_name, _doc))
 

@@ -2,6 +2,7 @@
 
 import wsss.losses.affinity  # fills LOSSES: psa_affinity
 import wsss.losses.cam
+import wsss.losses.seam  # fills METHODS: seam
 import wsss.losses.seg  # noqa: F401  (fills LOSSES: ce, puf)
 from wsss.losses import bnr
 from wsss.losses import irn as irn  # fills LOSSES: irn

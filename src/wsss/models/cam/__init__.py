@@ -1,6 +1,7 @@
 """CAM networks selectable by name from ``wsss.registry.CAM_MODELS``."""
 
-import wsss.models.cam.plain_cam  # noqa: F401  (fills CAM_MODELS: cam)
+import wsss.models.cam.plain_cam  # fills CAM_MODELS: cam
+import wsss.models.cam.seam  # noqa: F401  (fills CAM_MODELS: seam)
 from wsss.models.cam.transcam import (
     EXTRACT_METHODS,
     TransCAM,
