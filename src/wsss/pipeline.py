@@ -57,6 +57,7 @@ from wsss.stages import (
     train_seg,
 )
 from wsss.stages.context import StageContext
+from wsss.stages.train_cls import heat_mask_folder
 
 STAGES: dict[str, ModuleType] = {
     m.NAME: m
@@ -154,6 +155,8 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
                 raise ConfigError(f"{where}: {exc}") from None
     if "make-labels" in names:  # the generator's mode_args and its own rules (e.g. PPG without cvs)
         check_label_config(dataclasses.asdict(recipe.labels))
+    if "train-cls" in names and recipe.classifier.crops == "heat":  # phase-A rough masks must exist
+        heat_mask_folder(recipe.classifier)
 
 
 def _weight_files(recipe: Recipe, stage: str) -> list[tuple[str, str | None]]:

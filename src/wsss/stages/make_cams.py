@@ -1,5 +1,8 @@
 """Stage ``make-cams``: multi-scale + flip CAMs for every image of the map splits, one file each.
 
+With ``cams.window`` set the CAMs are PMM's multi-crop ones (:mod:`wsss.cams.multicrop`): each
+scale is tiled by windows, so an image costs many more forwards; the file format is the same.
+
 A sharded, resumable map: each process handles its share of the images (DDP rank or
 ``--shard i/n``), skips images whose CAM file is already complete, and writes every file
 atomically — killing it at any moment and re-running finishes the job without redoing work.
@@ -26,6 +29,7 @@ from wsss.cams.extractors import get_extractor
 from wsss.cams.files import is_complete as cam_file_complete
 from wsss.cams.files import save_cam
 from wsss.cams.inference import NORMALISERS, multiscale_cams
+from wsss.cams.multicrop import multicrop_cams
 from wsss.stages.context import StageContext
 from wsss.stages.scoring import all_written
 from wsss.stages.train_cls import load_trained_classifier
@@ -44,17 +48,13 @@ def write_cams(
     folder: Path,
     skip: set[str] | frozenset[str] = frozenset(),
 ) -> None:
-    """Multi-scale + flip CAMs of some dataset items, normalised and saved one file each.
+    """Multi-scale (or, with ``cams.window``, multi-crop) + flip CAMs of some dataset items,
+    normalised and saved one file each.
 
     All items are computed as one batch; items named in ``skip`` (already written) are not saved.
     """
     cfg = ctx.recipe.cams
-    sums = multiscale_cams(
-        partial(get_extractor(cfg.extractor), model),
-        [it["image"] for it in items],
-        [it["labels"] for it in items],
-        cfg.scales,
-        scale_mode=cfg.scale_mode,
+    common = dict(
         flip=cfg.flip,
         batched=cfg.batched,
         output_stride=getattr(model, "output_stride", 16),
@@ -62,6 +62,21 @@ def write_cams(
         device=ctx.device,
         resize=cfg.resize,
     )
+    cam_fn = partial(get_extractor(cfg.extractor), model)
+    images, labels = [it["image"] for it in items], [it["labels"] for it in items]
+    if cfg.window is not None:
+        sums = multicrop_cams(
+            cam_fn,
+            images,
+            labels,
+            cfg.scales,
+            window=cfg.window,
+            window_stride=cfg.window_stride,
+            authors_code=ctx.recipe.compat == "authors_code",
+            **common,
+        )
+    else:
+        sums = multiscale_cams(cam_fn, images, labels, cfg.scales, scale_mode=cfg.scale_mode, **common)
     for it, cam in zip(items, sums):
         if it["name"] in skip:
             continue

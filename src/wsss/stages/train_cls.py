@@ -7,13 +7,18 @@ with 10× lr on its classifier. The loop (exact resume, DDP, AMP) is ``stages.tr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
+from wsss.config.schema import ClassifierConfig
+from wsss.data.heat_crops import HeatCropDataset
 from wsss.data.transforms import train_transform
 from wsss.engine import export_weights, load_weights, seed_everything
+from wsss.errors import ConfigError
 from wsss.registry import CAM_MODELS, METHODS
 from wsss.stages.context import StageContext
 from wsss.stages.training import train_loop
@@ -44,13 +49,45 @@ def load_trained_classifier(ctx: StageContext, num_classes: int) -> nn.Module:
     return model
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def heat_mask_folder(classifier: ClassifierConfig) -> Path:
+    """``classifier.heat_masks`` as an existing folder, or a ConfigError saying what it must be
+    (the pipeline asks before any stage runs)."""
+    folder = classifier.heat_masks
+    what = "the labels folder of a phase-A run whose make-labels used labels.mode: rough"
+    if folder is None:
+        raise ConfigError(
+            f"classifier.crops is 'heat' but classifier.heat_masks is not set; set it to {what}"
+        )
+    if not Path(folder).is_dir():
+        raise ConfigError(f"classifier.heat_masks {folder} is not a folder; it must be {what}")
+    return Path(folder)
+
+
+def training_set(ctx: StageContext) -> Dataset:
+    """The train split with the classifier's augmentation: random crops, or PMM's heat crops."""
     r, c = ctx.recipe, ctx.recipe.classifier
-    seed_everything(r.seed)
+    if c.crops == "heat":
+        return HeatCropDataset(
+            ctx.dataset(r.data.train_split, with_masks=False),
+            heat_mask_folder(c),
+            crop_size=c.crop_size,
+            scales=c.heat_scales,
+            stride=c.heat_stride,
+            keep=c.heat_keep,
+            flip=c.flip,
+            color_jitter=c.color_jitter,
+            authors_code=(c.compat or r.compat) == "authors_code",
+        )
     transform = train_transform(
         resize_long=c.resize_long, crop_size=c.crop_size, flip=c.flip, color_jitter=c.color_jitter
     )
-    ds = ctx.dataset(r.data.train_split, transform=transform, with_masks=False)
+    return ctx.dataset(r.data.train_split, transform=transform, with_masks=False)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    r, c = ctx.recipe, ctx.recipe.classifier
+    seed_everything(r.seed)
+    ds = training_set(ctx)
     model = build_classifier(ctx, ds.num_classes).to(ctx.device)
     method = METHODS.build(c.method, where="classifier.method", **c.method_args)
 
