@@ -29,7 +29,18 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_RECIPES = ["synth/bnr-nano", "synth/transcam-nano", "synth/irn-nano", "coco128/cam-mobilenet"]
+DEFAULT_RECIPES = [
+    "synth/bnr-nano",
+    "synth/transcam-nano",
+    "synth/bnr-pmm",
+    "synth/pmm-nano",
+    "synth/irn-nano",
+    "coco128/cam-mobilenet",
+    "coco128/ppg-mobilenet",
+]
+# the segmentation settings of these recipes trained on ground truth: the fully supervised upper bound
+UPPER_BOUND = "synth/bnr-nano"
+GT_OVERRIDES = ["segmentation.labels=gt", "stages=[train-seg,predict]"]
 SYNTH_ROOT = "data/synth"
 
 # (column, stage in run.json, how to read the number from that stage's metrics)
@@ -39,6 +50,7 @@ COLUMNS: list[tuple[str, str, tuple[str, ...]]] = [
     ("pseudo-labels, train", "make-labels", ("miou",)),
     ("random walk, train", "random-walk", ("miou",)),
     ("segmentation, val", "predict", ("val", "miou")),
+    ("cyclic round, val", "cycle-seg", ("val", "miou")),
 ]
 
 
@@ -78,10 +90,14 @@ def share_cams(run_dir: Path, donors: dict[str, Path], key: str) -> None:
     print(f"  {run_dir.name}: train-cls/ and cams/ shared from {donor.name}", file=sys.stderr, flush=True)
 
 
-def run_one(recipe: str, seed: int, out: Path, env: dict[str, str]) -> dict:
+def run_one(
+    recipe: str, seed: int, out: Path, env: dict[str, str], overrides: list[str] | None = None, tag: str = ""
+) -> dict:
     """Run (or finish) one recipe at one seed; return its run.json."""
-    run_dir = run_dir_of(out, recipe, seed)
+    run_dir = run_dir_of(out, recipe + tag, seed)
     cmd = [sys.executable, "-m", "wsss", "run", recipe, "--out", str(run_dir), "--set", f"seed={seed}"]
+    for item in overrides or []:
+        cmd += ["--set", item]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -128,6 +144,11 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=Path("runs/recipe-table"))
+    ap.add_argument(
+        "--upper-bound",
+        default=UPPER_BOUND,
+        help="recipe whose segmentation is also trained on GT ('' = none)",
+    )
     args = ap.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     if any(r.startswith("synth/") for r in args.recipes) and not (Path(SYNTH_ROOT) / "classes.txt").is_file():
@@ -135,6 +156,7 @@ def main() -> None:
             [sys.executable, "-m", "wsss", "data", "synth", "--root", SYNTH_ROOT], check=True, env=env
         )
     rows = []
+    ratios: dict[str, list[float]] = {}
     donors: dict[str, Path] = {}
     for recipe in args.recipes:
         records = []
@@ -153,6 +175,17 @@ def main() -> None:
             _dig(r["stages"].get("eval-cams", {}).get("metrics", {}), ("chosen_threshold",)) for r in records
         ]
         cells.append(", ".join(f"{t:.2f}" for t in thresholds if t is not None) or "—")
+        finals = []
+        for r in records:
+            last = _dig(r["stages"].get("cycle-seg", {}).get("metrics", {}), ("val", "miou"))
+            last = (
+                last
+                if last is not None
+                else _dig(r["stages"].get("predict", {}).get("metrics", {}), ("val", "miou"))
+            )
+            if last is not None:
+                finals.append(last)
+        ratios[recipe] = finals
         first = run_dir_of(args.out, recipe, args.seeds[0])
         rec = records[0]["config"]["data"]
         base = [
@@ -161,12 +194,26 @@ def main() -> None:
         ]
         cells.append(" / ".join("—" if b is None else f"{100 * b:.1f}" for b in base))
         rows.append((recipe, cells))
+    upper: list[float] = []
+    if args.upper_bound:
+        for seed in args.seeds:
+            rec = run_one(args.upper_bound, seed, args.out, env, GT_OVERRIDES, tag="-gt")
+            upper.append(_dig(rec["stages"]["predict"]["metrics"], ("val", "miou")))
     print(f"mIoU %, mean ± std over seeds {', '.join(map(str, args.seeds))} (run directories in {args.out})")
     header = ["recipe", *[c[0] for c in COLUMNS], "threshold chosen on train", "all-background train / val"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for recipe, cells in rows:
         print(f"| `{recipe}` | " + " | ".join(cells) + " |")
+    if upper:
+        mean_upper = statistics.mean(upper)
+        print(
+            f"\nfully supervised upper bound ({args.upper_bound}'s segmentation trained on ground truth), "
+            f"val: {fmt(upper)}; weak / full ratio of the last segmentation column:"
+        )
+        for recipe, records in ratios.items():
+            if records:
+                print(f"  {recipe}: {statistics.mean(records) / mean_upper:.2f}")
 
 
 if __name__ == "__main__":

@@ -155,8 +155,6 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
                 raise ConfigError(f"{where}: {exc}") from None
     if "make-labels" in names:  # the generator's mode_args and its own rules (e.g. PPG without cvs)
         check_label_config(dataclasses.asdict(recipe.labels))
-    if "train-cls" in names and recipe.classifier.crops == "heat":  # phase-A rough masks must exist
-        heat_mask_folder(recipe.classifier)
 
 
 def _weight_files(recipe: Recipe, stage: str) -> list[tuple[str, str | None]]:
@@ -176,6 +174,8 @@ def check_weight_files(recipe: Recipe, stages: list[str]) -> None:
     """Fail before any work when a stage still to run needs a weight file that is not there:
     otherwise a VOC run would stop at the segmentation stage, hours in."""
     for stage in stages:
+        if stage == "train-cls" and recipe.classifier.crops == "heat":  # phase-A rough masks too
+            heat_mask_folder(recipe.classifier)
         for key, value in _weight_files(recipe, stage):
             if value is None or value == TORCHVISION:
                 continue

@@ -250,7 +250,7 @@ def test_heat_masks_are_checked_before_any_stage_runs(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="not a folder"):
         run_pipeline(recipe, tmp_path / "run", device="cpu")
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run" / "train-cls").exists() and not (tmp_path / "run" / "recipe.yaml").exists()
 
 
 def test_train_cls_trains_on_heat_crops(tmp_path: Path) -> None:
