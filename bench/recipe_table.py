@@ -7,6 +7,9 @@ background) is computed from the same masks and printed beside them, so a step b
 
     python bench/recipe_table.py                               # default recipes, seeds 0 1 2
     python bench/recipe_table.py --recipes synth/bnr-nano --seeds 0 1 2 --out runs/table
+    python bench/recipe_table.py --recipes "synth/bnr-pmm@labels.mode_args={alpha: 11.0}"   # a variant
+
+A recipe may carry overrides after ``@`` (``;``-separated ``key=value``), as ``--set`` takes them.
 
 Recipes that train the same classifier and make the same CAMs (equal ``data``, ``classifier``,
 ``cams`` and ``seed``, e.g. ``synth/bnr-nano`` and ``synth/bnr-pmm``) share them: the later run
@@ -33,6 +36,7 @@ DEFAULT_RECIPES = [
     "synth/bnr-nano",
     "synth/transcam-nano",
     "synth/bnr-pmm",
+    "synth/bnr-pmm@labels.mode_args={alpha: 11.0}",
     "synth/pmm-nano",
     "synth/irn-nano",
     "coco128/cam-mobilenet",
@@ -62,19 +66,27 @@ def _dig(tree: dict, path: tuple[str, ...]) -> float | None:
     return float(tree) if isinstance(tree, (int, float)) else None
 
 
-def run_dir_of(out: Path, recipe: str, seed: int) -> Path:
-    return out / f"{recipe.replace('/', '-')}-s{seed}"
+def split_spec(spec: str) -> tuple[str, list[str]]:
+    """``recipe@k=v;k2=v2`` → (recipe, [overrides])."""
+    recipe, _, rest = spec.partition("@")
+    return recipe, [item.strip() for item in rest.split(";") if item.strip()]
+
+
+def run_dir_of(out: Path, spec: str, seed: int) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in spec.replace("/", "-"))
+    return out / f"{safe}-s{seed}"
 
 
 SHARED_SECTIONS = ("data", "classifier", "cams")
 SHARED_DIRS = ("train-cls", "cams")
 
 
-def _cam_key(recipe: str, seed: int) -> str:
+def _cam_key(spec: str, seed: int) -> str:
     """What decides a run's classifier and CAMs: equal keys give identical train-cls/ and cams/."""
     from wsss.config import load_recipe, to_dict
 
-    tree = to_dict(load_recipe(recipe, [f"seed={seed}"]))
+    recipe, overrides = split_spec(spec)
+    tree = to_dict(load_recipe(recipe, [*overrides, f"seed={seed}"]))
     return json.dumps({k: tree[k] for k in (*SHARED_SECTIONS, "seed")}, sort_keys=True)
 
 
@@ -91,12 +103,13 @@ def share_cams(run_dir: Path, donors: dict[str, Path], key: str) -> None:
 
 
 def run_one(
-    recipe: str, seed: int, out: Path, env: dict[str, str], overrides: list[str] | None = None, tag: str = ""
+    spec: str, seed: int, out: Path, env: dict[str, str], overrides: list[str] | None = None, tag: str = ""
 ) -> dict:
-    """Run (or finish) one recipe at one seed; return its run.json."""
-    run_dir = run_dir_of(out, recipe + tag, seed)
+    """Run (or finish) one recipe (with its ``@`` overrides) at one seed; return its run.json."""
+    run_dir = run_dir_of(out, spec + tag, seed)
+    recipe, own = split_spec(spec)
     cmd = [sys.executable, "-m", "wsss", "run", recipe, "--out", str(run_dir), "--set", f"seed={seed}"]
-    for item in overrides or []:
+    for item in [*own, *(overrides or [])]:
         cmd += ["--set", item]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -156,6 +169,7 @@ def main() -> None:
             [sys.executable, "-m", "wsss", "data", "synth", "--root", SYNTH_ROOT], check=True, env=env
         )
     rows = []
+    per_class: dict[str, dict[str, list[float]]] = {}
     ratios: dict[str, list[float]] = {}
     donors: dict[str, Path] = {}
     for recipe in args.recipes:
@@ -186,6 +200,10 @@ def main() -> None:
             if last is not None:
                 finals.append(last)
         ratios[recipe] = finals
+        for r in records:
+            ious = r["stages"].get("make-labels", {}).get("metrics", {}).get("per_class_iou", {})
+            for cls, v in ious.items():
+                per_class.setdefault(recipe, {}).setdefault(cls, []).append(v)
         first = run_dir_of(args.out, recipe, args.seeds[0])
         rec = records[0]["config"]["data"]
         base = [
@@ -205,6 +223,18 @@ def main() -> None:
     print("|" + "---|" * len(header))
     for recipe, cells in rows:
         print(f"| `{recipe}` | " + " | ".join(cells) + " |")
+    if args.per_class and per_class:
+        classes = list(next(iter(per_class.values())))
+        print("\npseudo-label IoU per class (make-labels, train), mean over seeds")
+        print("| recipe | " + " | ".join(classes) + " |")
+        print("|" + "---|" * (len(classes) + 1))
+        for recipe, table in per_class.items():
+            if list(table) == classes:
+                print(
+                    f"| `{recipe}` | "
+                    + " | ".join(f"{100 * statistics.mean(table[c]):.1f}" for c in classes)
+                    + " |"
+                )
     if upper:
         mean_upper = statistics.mean(upper)
         print(
