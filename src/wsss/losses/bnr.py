@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsss.errors import ConfigError
-from wsss.losses.objective import Objective
+from wsss.losses.objective import Objective, check_image_labels
 from wsss.models.cam.transcam import TransCAMOutput, a_star, refine
 from wsss.registry import METHODS
 
@@ -57,7 +57,7 @@ class BNRObjective(Objective):
 
     def forward(self, out: TransCAMOutput, labels: Tensor) -> dict[str, Tensor]:
         labels = labels.to(out.conv_logits.dtype)
-        _check_labels(labels, out.conv_logits)
+        check_image_labels(labels, out.conv_logits)
         cls = F.multilabel_soft_margin_loss((out.conv_logits + out.trans_logits)[:, 1:], labels)
         if not self.use_bnr:
             return {"loss": cls, "cls": cls}
@@ -79,15 +79,6 @@ def _check_noise_scale(value: object) -> float | None:
             f"bnr noise_scale must be a number or null (the 'without noise' ablation), got {value!r}"
         )
     return float(value)
-
-
-def _check_labels(labels: Tensor, logits: Tensor) -> None:
-    want = (logits.shape[0], logits.shape[1] - 1)
-    if tuple(labels.shape) != want:
-        raise ConfigError(
-            f"image labels of shape {tuple(labels.shape)} do not fit a model with {logits.shape[1]} "
-            f"classes including background (expected {want}); check the model's num_classes"
-        )
 
 
 @METHODS.register("bnr")

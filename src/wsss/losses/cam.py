@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsss.errors import ConfigError
-from wsss.losses.objective import Objective
+from wsss.losses.objective import Objective, check_image_labels
 from wsss.models.cam.plain_cam import PlainCAMOutput
 from wsss.registry import METHODS
 
@@ -26,12 +25,7 @@ class PlainCAMObjective(Objective):
 
     def forward(self, out: PlainCAMOutput, labels: Tensor) -> dict[str, Tensor]:
         logits = out.logits
-        want = (logits.shape[0], logits.shape[1] - 1)
-        if tuple(labels.shape) != want:
-            raise ConfigError(
-                f"image labels of shape {tuple(labels.shape)} do not fit a model with {logits.shape[1]} "
-                f"classes including background (expected {want}); check the model's num_classes"
-            )
+        check_image_labels(labels, logits)
         cls = F.multilabel_soft_margin_loss(logits[:, 1:], labels.to(logits.dtype))
         return {"loss": cls, "cls": cls}
 

@@ -11,6 +11,18 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from wsss.errors import ConfigError
+
+
+def check_image_labels(labels: Tensor, scores: Tensor) -> None:
+    """Image labels (B, K) must fit scores (B, K+1, …) whose channel 0 is background."""
+    want = (scores.shape[0], scores.shape[1] - 1)
+    if tuple(labels.shape) != want:
+        raise ConfigError(
+            f"image labels of shape {tuple(labels.shape)} do not fit a model with {scores.shape[1]} "
+            f"classes including background (expected {want}); check the model's num_classes"
+        )
+
 
 class Objective(nn.Module):
     """Base of the ``METHODS`` entries.

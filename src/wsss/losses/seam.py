@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss.errors import ConfigError
-from wsss.losses.objective import Objective
+from wsss.losses.objective import Objective, check_image_labels
 from wsss.models.cam.seam import SEAMOutput
 from wsss.registry import METHODS
 
@@ -139,19 +139,10 @@ class SEAMObjective(Objective):
     ) -> dict[str, Tensor]:
         """The losses from two forward outputs and the two views' input sizes."""
         labels = labels.to(out1.cam.dtype)
-        _check_labels(labels, out1.cam)
+        check_image_labels(labels, out1.cam)
         cam1, rv1 = resize(out1.cam, size1), resize(out1.cam_rv, size1)
         cam2, rv2 = resize(out2.cam, size2), resize(out2.cam_rv, size2)
         return seam_losses(cam1, rv1, cam2, rv2, labels)
-
-
-def _check_labels(labels: Tensor, cam: Tensor) -> None:
-    want = (cam.shape[0], cam.shape[1] - 1)
-    if tuple(labels.shape) != want:
-        raise ConfigError(
-            f"image labels of shape {tuple(labels.shape)} do not fit a model with {cam.shape[1]} "
-            f"classes including background (expected {want}); check the model's num_classes"
-        )
 
 
 @METHODS.register("seam")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABCMeta, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -114,6 +115,32 @@ class FreezableBackbone(Backbone):
                     if isinstance(module, _BatchNorm):
                         module.eval()
         return self
+
+
+def build_cnn_backbone(
+    backbone: str, owner: str, given: dict[str, Any], backbone_args: dict[str, Any] | None
+) -> Backbone:
+    """The registered ``backbone`` for a CAM network (``owner`` names it in errors).
+
+    ``given`` holds the options the network's builder takes directly (None = the backbone's own
+    default); ``backbone_args`` any other backbone keyword. An option given both ways is an error.
+    """
+    from wsss.registry import BACKBONES
+
+    kwargs = dict(backbone_args or {})
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key in kwargs:
+            raise ConfigError(f"{owner}: '{key}' is given both directly and in backbone_args; keep one")
+        kwargs[key] = value
+    net = BACKBONES.build(backbone, where=f"backbone '{backbone}'", **kwargs)
+    if not isinstance(net, Backbone):
+        raise ConfigError(
+            f"{owner} needs a CNN backbone with named feature levels (the Backbone contract: resnet38, "
+            f"resnet50, resnet101, mobilenet_v2 …); '{backbone}' is a {type(net).__name__}"
+        )
+    return net
 
 
 def loadable_keys(model: nn.Module) -> list[str]:

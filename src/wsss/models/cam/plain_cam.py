@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss.errors import ConfigError
-from wsss.models.backbones.base import Backbone
-from wsss.registry import BACKBONES, CAM_MODELS, suggest
+from wsss.models.backbones.base import Backbone, build_cnn_backbone
+from wsss.registry import CAM_MODELS, suggest
 
 EXTRACT_METHODS = ("cam", "conv")
 CLASSIFIER_INITS = ("default", "xavier")
@@ -130,7 +130,6 @@ def build_plain_cam(
     ``pretrained``/``output_stride`` and the freezing options go to the backbone builder;
     None keeps that backbone's own default. ``backbone_args`` passes any other backbone keyword.
     """
-    kwargs = dict(backbone_args or {})
     given = {
         "pretrained": pretrained,
         "output_stride": output_stride,
@@ -138,18 +137,7 @@ def build_plain_cam(
         "freeze_bn": freeze_bn,
         "freeze_bn_affine": freeze_bn_affine,
     }
-    for key, value in given.items():
-        if value is None:
-            continue
-        if key in kwargs:
-            raise ConfigError(f"plain CAM: '{key}' is given both directly and in backbone_args; keep one")
-        kwargs[key] = value
-    net = BACKBONES.build(backbone, where=f"backbone '{backbone}'", **kwargs)
-    if not isinstance(net, Backbone):
-        raise ConfigError(
-            f"the plain CAM needs a CNN backbone with named feature levels (resnet38, resnet50, resnet101, "
-            f"mobilenet_v2); '{backbone}' is a {type(net).__name__}"
-        )
+    net = build_cnn_backbone(backbone, "the plain CAM", given, backbone_args)
     return PlainCAM(
         net, num_classes, feature_level=feature_level, dropout=dropout, classifier_init=classifier_init
     )

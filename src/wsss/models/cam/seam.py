@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss.errors import ConfigError
-from wsss.models.backbones.base import Backbone
-from wsss.registry import BACKBONES, CAM_MODELS, suggest
+from wsss.models.backbones.base import Backbone, build_cnn_backbone
+from wsss.registry import CAM_MODELS, suggest
 
 EXTRACT_METHODS = ("rv", "cam", "conv")
 CLASSIFIER_INITS = ("xavier", "default")
@@ -237,18 +237,6 @@ def _pcm_levels(backbone: Backbone, names: tuple[str, str] | list[str] | None) -
         raise ConfigError(f"SEAM pcm_levels: {exc.args[0]}") from exc
 
 
-def _backbone_kwargs(given: dict[str, Any], backbone_args: dict[str, Any] | None) -> dict[str, Any]:
-    """Merge the direct backbone options (None = the backbone's default) into ``backbone_args``."""
-    kwargs = dict(backbone_args or {})
-    for key, value in given.items():
-        if value is None:
-            continue
-        if key in kwargs:
-            raise ConfigError(f"SEAM: '{key}' is given both directly and in backbone_args; keep one")
-        kwargs[key] = value
-    return kwargs
-
-
 @CAM_MODELS.register("seam")
 def build_seam(
     backbone: str = "resnet38",
@@ -277,13 +265,7 @@ def build_seam(
         "freeze_bn": freeze_bn,
         "freeze_bn_affine": freeze_bn_affine,
     }
-    kwargs = _backbone_kwargs(given, backbone_args)
-    net = BACKBONES.build(backbone, where=f"backbone '{backbone}'", **kwargs)
-    if not isinstance(net, Backbone):
-        raise ConfigError(
-            f"SEAM needs a CNN backbone with named feature levels (resnet38, resnet50, resnet101, "
-            f"mobilenet_v2); '{backbone}' is a {type(net).__name__}"
-        )
+    net = build_cnn_backbone(backbone, "SEAM", given, backbone_args)
     if dropout is None:
         dropout = SEAM_DROPOUT if backbone == "resnet38" else 0.0
     return SEAM(
