@@ -9,13 +9,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 # Every temporary name carries this marker, so leftovers of a killed process can be recognised.
 TEMP_MARKER = ".wsss-tmp."
+
+_CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _create_temp(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """Create a new, empty temporary file; return (descriptor, path).
+
+    Unlike ``tempfile.mkstemp`` (always 0600) the file gets mode 0666 minus the umask, as
+    ``open()`` would give it, so outputs are as readable as any other file the user makes.
+    """
+    for _ in range(100):
+        path = os.path.join(folder, f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            return os.open(path, _CREATE_FLAGS, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {prefix}*{suffix} in {folder}")
 
 
 @contextlib.contextmanager
@@ -25,7 +42,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
         raise ValueError(f"atomic_open is for writing, got mode {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path.parent, f".{path.name}{TEMP_MARKER}", ".tmp")
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -43,9 +60,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path for libraries that insist on writing by name (PIL, numpy, torch)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}{TEMP_MARKER}", suffix=path.suffix or ".tmp", dir=path.parent
-    )
+    fd, tmp = _create_temp(path.parent, f".{path.stem}{TEMP_MARKER}", path.suffix or ".tmp")
     os.close(fd)
     try:
         yield Path(tmp)

@@ -8,7 +8,6 @@ constructor.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Iterable
@@ -30,9 +29,54 @@ _PROVIDERS = (
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:
-    """Return ' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    """Return ' (did you mean 'x'?)' for the closest choice, or '' when nothing is close.
+
+    Closeness is what a typo looks like: the same words spelt apart or together
+    (``batchsize``), a few edits (``epoch``, ``dgo``), then a shared word or a substring
+    (``lr_rate`` → ``lr``, ``jitter`` → ``color_jitter``). Plain character overlap is not
+    enough: it suggested ``color_jitter`` for ``lr_rate``.
+    """
+    scored = [(score, choice) for choice in choices if (score := _closeness(name, choice)) is not None]
+    return f" (did you mean '{min(scored)[1]}'?)" if scored else ""
+
+
+def _closeness(name: str, choice: str) -> tuple[int, int, int] | None:
+    """(tier, -shared characters, edit distance): smaller is closer; None when unrelated."""
+    a, b = _normalise(name), _normalise(choice)
+    dist = _edit_distance(a, b)
+    if a.replace("_", "") == b.replace("_", ""):
+        return (0, 0, dist)
+    if dist <= max(1, len(a) // 3):
+        return (1, 0, dist)
+    shared = _words(a) & _words(b)
+    if shared:
+        return (2, -sum(map(len, shared)), dist)
+    if min(len(a), len(b)) >= 3 and (a in b or b in a):
+        return (3, 0, dist)
+    return None
+
+
+def _normalise(text: str) -> str:
+    return text.lower().replace("-", "_").replace(" ", "_").replace(".", "_")
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in text.replace("/", "_").split("_") if len(w) >= 2}
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance counting a swap of neighbours as one edit (``dgo`` → ``dog``)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cost = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cost = min(cost, prev2[j - 2] + 1)
+            cur.append(cost)
+        prev2, prev = prev, cur
+    return prev[-1]
 
 
 class Registry:

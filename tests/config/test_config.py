@@ -115,3 +115,73 @@ def test_recipes_show_prints_the_resolved_recipe(capsys: pytest.CaptureFixture[s
     assert tree["affinity"]["lr"] == 0.02  # the override
     assert to_dict(recipe_from_dict(tree)) == to_dict(load_recipe("voc/bnr", ["affinity.lr=0.02"]))
     assert "scales: [256.0, 512.0, 768.0]" in text  # plain lists stay on one line
+
+
+def _valid_keys(section: str) -> str:
+    import dataclasses
+
+    from wsss.config import schema
+
+    cls = {"classifier": schema.ClassifierConfig, "cams": schema.CamConfig}[section]
+    return ", ".join(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+def test_misspelled_key_names_its_file_and_line(tmp_path) -> None:
+    """Issue 17: the error named the key but not where it was written; the suggestion was 'color_jitter'."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: synth/bnr-nano\nname: mine\nclassifier:\n  epochs: 1\n  lr_rate: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert str(info.value) == (
+        f"unknown key 'classifier.lr_rate' in {path}, line 5 (did you mean 'lr'?); "
+        f"valid keys here: {_valid_keys('classifier')}"
+    )
+
+
+def test_misspelled_key_in_a_base_names_the_base_file(tmp_path) -> None:
+    (tmp_path / "base.yaml").write_text("name: b\n\ncams:\n  scale: [64]\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nname: c\nclassifier: {epochs: 2}\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(tmp_path / "child.yaml")
+    assert str(info.value).startswith(
+        f"unknown key 'cams.scale' in {tmp_path.resolve() / 'base.yaml'}, line 4 (did you mean 'scales'?); "
+    )
+
+
+def test_misspelled_override_has_no_line(tmp_path) -> None:
+    """A key that came from --set has no file line to point at: the message says only the key."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path, ["classifier.lr_rate=1"])
+    assert str(info.value) == (
+        f"unknown key 'classifier.lr_rate' (did you mean 'lr'?); valid keys here: {_valid_keys('classifier')}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("lr_rate", "lr"),  # a shared word beats character overlap ('color_jitter' before issue 17)
+        ("jitter", "color_jitter"),
+        ("lr_mult", "head_lr_mult"),
+        ("batchsize", "batch_size"),
+        ("epoch", "epochs"),
+        ("crop", "crops"),  # one edit beats a shared word ('crop_size')
+        ("weight_decy", "weight_decay"),
+        ("Momentum", "momentum"),
+    ],
+)
+def test_key_suggestion_prefers_words_and_edits_of_the_same_section(typo: str, meant: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        recipe_from_dict({"classifier": {typo: 1}})
+    assert f"unknown key 'classifier.{typo}' (did you mean '{meant}'?); valid keys here:" in str(info.value)
+
+
+def test_suggest_swaps_and_unrelated_names() -> None:
+    from wsss.registry import suggest
+
+    assert suggest("dgo", ["cat", "cow", "dog"]) == " (did you mean 'dog'?)"  # neighbours swapped
+    assert suggest("pas", ["label", "psa", "deeplab"]) == " (did you mean 'psa'?)"
+    assert suggest("bnr-nano", ["synth/bnr", "synth/bnr-nano"]) == " (did you mean 'synth/bnr-nano'?)"
+    assert suggest("learning_rate", ["lr", "epochs", "color_jitter"]) == ""

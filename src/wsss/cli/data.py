@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from wsss.errors import ConfigError, DataError, WsssError
 from wsss.registry import DATASETS
 
@@ -174,6 +172,8 @@ def _class_table(class_names: tuple[str, ...], counts: Any) -> str:
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     ds = _build_dataset(args, with_masks=True)
     errors: list[str] = []
     for i in tqdm(range(len(ds)), desc="checking", unit="img", disable=args.no_progress):

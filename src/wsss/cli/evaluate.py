@@ -6,14 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from wsss.cams.importers import FORMATS, import_dir
 from wsss.errors import ConfigError
-from wsss.eval.metrics import MEAN_CONVENTIONS, format_table
-from wsss.eval.runner import evaluate_cam_dir, evaluate_label_dir, read_class_names, read_name_list
-from wsss.eval.sweep import threshold_range
 from wsss.files import write_json
 
 _DEFAULT_SWEEP = (0.0, 0.6, 0.01)  # TransCAM/SEAM: 0.00, 0.01, ..., 0.59
+
+# The choices of wsss.cams.importers.FORMATS and wsss.eval.metrics.MEAN_CONVENTIONS, repeated so
+# that building the parser does not import torch (a test keeps them equal).
+CAM_DUMP_FORMATS = ("irn", "psa")
+MEAN_CHOICES = ("all", "absent_as_zero", "gt_present")
 
 
 def _num_classes_arg(text: str) -> int:
@@ -35,6 +36,8 @@ def _add_ground_truth_args(p: argparse.ArgumentParser) -> None:
 
 
 def _classes(args: argparse.Namespace) -> tuple[int, list[str] | None]:
+    from wsss.eval.runner import read_class_names
+
     if args.classes is not None:
         names = read_class_names(args.classes)
         return len(names), names
@@ -45,13 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the evaluation commands to the ``wsss`` parser."""
     p = subparsers.add_parser(
         "evaluate",
-        help="score label PNGs (pseudo-masks or predictions) against ground-truth masks",
-        description="Per-class IoU and mIoU of palette-PNG label maps from a dataset-level confusion matrix.",
+        help="score label PNGs against ground-truth masks",
+        description=(
+            "Score palette-PNG label maps (pseudo-masks or predictions) against ground-truth masks: "
+            "per-class IoU and mIoU from a dataset-level confusion matrix."
+        ),
     )
     p.add_argument("--pred", type=Path, required=True, metavar="DIR", help="folder of <name>.png predictions")
     _add_ground_truth_args(p)
     p.add_argument("--out", type=Path, metavar="JSON", help="also write the scores to this JSON file")
-    p.add_argument("--mean", choices=list(MEAN_CONVENTIONS), default="all", help="mIoU mean convention")
+    p.add_argument("--mean", choices=list(MEAN_CHOICES), default="all", help="mIoU mean convention")
     p.add_argument(
         "--uncertain",
         choices=("background", "skip"),
@@ -63,9 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "eval-cams",
-        help="sweep the background threshold over CAM files (one pass) and score them",
+        help="score CAM files over a background-threshold sweep",
         description=(
-            "mIoU of CAMs at every background threshold, computed in one pass. The best threshold is "
+            "Sweep the background threshold over CAM files: mIoU at every threshold, computed in one "
+            "pass. The best threshold is "
             "chosen on this split's ground truth and is reported as an oracle."
         ),
     )
@@ -81,20 +88,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--fixed-threshold", type=float, metavar="T", help="also score this GT-free threshold")
     p.add_argument("--out", type=Path, metavar="DIR", help="write cam_eval.json and threshold_curve.png here")
-    p.add_argument("--mean", choices=list(MEAN_CONVENTIONS), default="all", help="mIoU mean convention")
+    p.add_argument("--mean", choices=list(MEAN_CHOICES), default="all", help="mIoU mean convention")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run_eval_cams)
 
     p = subparsers.add_parser(
         "import-cams",
-        help="convert IRN or PSA/SEAM/TransCAM .npy CAM dumps to wsss .npz files",
+        help="convert IRN or PSA/SEAM/TransCAM .npy CAMs to .npz",
         description=(
-            "Convert pickled .npy CAM dumps to the pickle-free wsss format. Reading them unpickles the "
+            "Convert IRN or PSA/SEAM/TransCAM pickled .npy CAM dumps to the pickle-free wsss .npz "
+            "format. Reading them unpickles the "
             "files, which can execute code, so --trust-pickle is required."
         ),
     )
     p.add_argument(
-        "--format", choices=FORMATS, required=True, dest="fmt", help="irn or psa (PSA/SEAM/TransCAM)"
+        "--format", choices=CAM_DUMP_FORMATS, required=True, dest="fmt", help="irn or psa (PSA/SEAM/TransCAM)"
     )
     p.add_argument("--src", type=Path, required=True, metavar="DIR", help="folder of <name>.npy dumps")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for <name>.npz files")
@@ -112,6 +120,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from wsss.eval.metrics import format_table
+    from wsss.eval.runner import evaluate_label_dir, read_name_list
+
     num_classes, class_names = _classes(args)
     names = read_name_list(args.list_file)
     result = evaluate_label_dir(
@@ -133,6 +144,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _sweep_thresholds(values: list[float]) -> list[float]:
+    from wsss.eval.sweep import threshold_range
+
     try:
         return threshold_range(*values)
     except ValueError as exc:
@@ -140,6 +153,8 @@ def _sweep_thresholds(values: list[float]) -> list[float]:
 
 
 def _run_eval_cams(args: argparse.Namespace) -> int:
+    from wsss.eval.runner import evaluate_cam_dir, read_name_list
+
     num_classes, class_names = _classes(args)
     thresholds = _sweep_thresholds(args.thresholds)
     names = read_name_list(args.list_file)
@@ -173,6 +188,8 @@ def _run_eval_cams(args: argparse.Namespace) -> int:
 
 
 def _print_cam_result(result: dict[str, Any]) -> None:
+    from wsss.eval.metrics import format_table
+
     sweep = result["sweep"]
     n_thr = len(sweep["thresholds"])
     print(f"{result['num_images']} images, CAMs normalised '{result['norm']}', {n_thr} thresholds")
@@ -190,6 +207,8 @@ def _print_cam_result(result: dict[str, Any]) -> None:
 
 
 def _run_import_cams(args: argparse.Namespace) -> int:
+    from wsss.cams.importers import import_dir
+
     counts = import_dir(
         args.fmt,
         args.src,

@@ -5,20 +5,63 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wsss.config import load_recipe, recipe_names, recipe_yaml
+from wsss.errors import ConfigError
+from wsss.registry import suggest
+
+# The stages of wsss.pipeline.STAGES, in pipeline order; repeated here so that building the
+# parser does not import torch (a test keeps the two equal).
+STAGE_NAMES = (
+    "train-cls",
+    "make-cams",
+    "eval-cams",
+    "make-labels",
+    "train-affinity",
+    "random-walk",
+    "train-seg",
+    "predict",
+    "cycle-seg",
+)
 
 # The eval-cams stage runs through ``wsss run --stages eval-cams``; the ``eval-cams`` command
 # itself (wsss.cli.evaluate) scores any folder of CAM files.
+# stage command: (one line for ``wsss --help``, the description ``wsss STAGE --help`` shows)
 STAGE_HELP = {
-    "train-cls": "train the CAM classifier on image-level tags",
-    "make-cams": "write multi-scale + flip CAM files (sharded, resumable)",
-    "make-labels": "turn CAM files into pseudo-labels (threshold / confident / PSA alpha, + CRF) and score them",
-    "train-affinity": "train PSA's AffinityNet on the confident labels",
-    "random-walk": "propagate CAMs with AffinityNet affinities (sparse walk, + CRF) into pseudo-masks",
-    "train-seg": "train a segmentation network on the pseudo-masks (or on ground truth: the upper bound)",
-    "predict": "multi-scale + flip (+ CRF) segmentation of the val split, scored per class",
-    "cycle-seg": "PMM's cyclic round: round-1 masks on train, a fresh model trained on them, scored on val",
+    "train-cls": (
+        "train the CAM classifier on image-level tags",
+        "Train the CAM classifier on image-level tags.",
+    ),
+    "make-cams": (
+        "write multi-scale + flip CAM files",
+        "Write multi-scale + flip CAM files (sharded, resumable).",
+    ),
+    "make-labels": (
+        "turn CAM files into pseudo-labels and score them",
+        "Turn CAM files into pseudo-labels (threshold / confident / PSA alpha, + CRF) and score them.",
+    ),
+    "train-affinity": (
+        "train PSA's AffinityNet on the confident labels",
+        "Train PSA's AffinityNet (or IRN) on the confident labels.",
+    ),
+    "random-walk": (
+        "propagate CAMs with affinities into pseudo-masks",
+        "Propagate CAMs with AffinityNet affinities (sparse walk, + CRF) into pseudo-masks.",
+    ),
+    "train-seg": (
+        "train a segmentation network on the pseudo-masks",
+        "Train a segmentation network on the pseudo-masks (or on ground truth: the upper bound).",
+    ),
+    "predict": (
+        "segment the val split and score it per class",
+        "Multi-scale + flip (+ CRF) segmentation of the val split, scored per class.",
+    ),
+    "cycle-seg": (
+        "PMM's cyclic round: retrain on round-1 masks",
+        "PMM's cyclic round: round-1 masks on train, a fresh model trained on them, scored on val.",
+    ),
 }
+
+# Map stages that split their images with --shard I/N (they call StageContext.my_indices).
+SHARDED_STAGES = ("make-cams", "make-labels", "random-walk", "predict")
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -29,7 +72,7 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return parse_shard(text)
 
 
-def _add_run_options(p: argparse.ArgumentParser, *, out_required: bool) -> None:
+def _add_run_options(p: argparse.ArgumentParser, *, out_required: bool, shard: bool) -> None:
     p.add_argument("recipe", help="shipped recipe name (see 'wsss recipes') or a YAML file")
     p.add_argument(
         "--set",
@@ -41,7 +84,27 @@ def _add_run_options(p: argparse.ArgumentParser, *, out_required: bool) -> None:
     )
     p.add_argument("--out", required=out_required, type=Path, help="run directory")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the recipe's)")
-    p.add_argument("--shard", default=None, metavar="I/N", help="process only shard I of N (map stages)")
+    if shard:
+        p.add_argument(
+            "--shard",
+            default=None,
+            metavar="I/N",
+            help=f"process only shard I of N of the images (map stages: {', '.join(SHARDED_STAGES)})",
+        )
+
+
+def parse_stages(text: str | None) -> list[str] | None:
+    """``--stages a,b`` as a list; an unknown name fails at once, before the recipe loads."""
+    if text is None:
+        return None
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    for name in names:
+        if name not in STAGE_NAMES:
+            raise ConfigError(
+                f"--stages: unknown stage '{name}'{suggest(name, STAGE_NAMES)}; "
+                f"valid stages: {', '.join(STAGE_NAMES)}"
+            )
+    return names
 
 
 def _is_main() -> bool:
@@ -55,6 +118,8 @@ def _default_out(recipe_ref: str) -> Path:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    from wsss.config import load_recipe, recipe_names, recipe_yaml
+
     if args.show:
         recipe = load_recipe(args.show, args.overrides)
         print(f"# {args.show}, fully resolved (base recipes merged, every default filled in)")
@@ -67,10 +132,11 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    stages = parse_stages(args.stages)
+    from wsss.config import load_recipe
     from wsss.pipeline import run_pipeline
 
     recipe = load_recipe(args.recipe, args.overrides)
-    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     out = args.out or _default_out(args.recipe)
     record = run_pipeline(recipe, out, stages=stages, device=args.device, shard=_parse_shard(args.shard))
     if not _is_main():
@@ -90,10 +156,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _stage_command(stage: str):
     def cmd(args: argparse.Namespace) -> int:
+        from wsss.config import load_recipe
         from wsss.pipeline import run_pipeline
 
         recipe = load_recipe(args.recipe, args.overrides)
-        run_pipeline(recipe, args.out, stages=[stage], device=args.device, shard=_parse_shard(args.shard))
+        shard = _parse_shard(getattr(args, "shard", None))
+        run_pipeline(recipe, args.out, stages=[stage], device=args.device, shard=shard)
         if _is_main():
             print(f"{stage}: done in {args.out}")
         return 0
@@ -116,7 +184,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="generate the embedded dataset and run the whole BNR pipeline on it (CPU, 5 minutes)"
+        "demo",
+        help="the whole BNR pipeline on the embedded dataset",
+        description="Generate the embedded dataset and run the whole BNR pipeline on it (CPU, 5 minutes).",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -136,12 +206,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="run a recipe's stages in one run directory (skips finished work)")
-    _add_run_options(p, out_required=False)
-    p.add_argument("--stages", default=None, help="comma-separated subset of stages, in order")
+    p = sub.add_parser(
+        "run",
+        help="run a recipe's stages in one run directory",
+        description="Run a recipe's stages in one run directory; finished work is skipped, the rest resumed.",
+    )
+    _add_run_options(p, out_required=False, shard=True)
+    p.add_argument(
+        "--stages",
+        default=None,
+        metavar="A,B,...",
+        help=f"comma-separated subset of the recipe's stages, in order; valid: {', '.join(STAGE_NAMES)}",
+    )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("recipes", help="list the shipped recipes, or show one fully resolved")
+    p = sub.add_parser(
+        "recipes",
+        help="list the shipped recipes, or show one resolved",
+        description="List the shipped recipes, or show one fully resolved.",
+    )
     p.add_argument(
         "--show",
         metavar="RECIPE",
@@ -151,7 +234,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_recipes)
 
-    for stage, text in STAGE_HELP.items():
-        p = sub.add_parser(stage, help=text)
-        _add_run_options(p, out_required=True)
+    for stage, (text, description) in STAGE_HELP.items():
+        p = sub.add_parser(stage, help=text, description=description)
+        _add_run_options(p, out_required=True, shard=stage in SHARDED_STAGES)
         p.set_defaults(func=_stage_command(stage))

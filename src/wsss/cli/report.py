@@ -16,7 +16,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "report", help="write RUN_DIR/report.html: numbers per stage, per-class IoU, curves, pictures"
+        "report",
+        help="write RUN_DIR/report.html, a self-contained page",
+        description="Write RUN_DIR/report.html: numbers per stage, per-class IoU, curves, pictures.",
     )
     p.add_argument("run_dir", type=Path, help="a run directory made by 'wsss run' or 'wsss demo'")
     p.add_argument("--sample", type=int, default=6, help="images in the even sample (default 6)")

@@ -12,6 +12,7 @@ import dataclasses
 import posixpath
 import types
 import typing
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -39,21 +40,19 @@ def recipe_names() -> list[str]:
     return sorted(names)
 
 
-def _read_yaml(ref: str | Path, relative_to: Path | None = None) -> tuple[dict[str, Any], str]:
-    """Read a recipe by file path or shipped name; return (mapping, where-it-came-from)."""
+def _find_recipe(ref: str | Path, relative_to: Path | None = None) -> tuple[str, str, str]:
+    """Find a recipe by file path or shipped name; return (text, name for messages, identity).
+
+    The identity is the resolved path, or ``pkg:NAME`` for a shipped recipe.
+    """
     ref_s = str(ref)
-    candidates: list[Path] = []
-    if relative_to is not None:
-        candidates.append(relative_to / ref_s)
-    else:
-        candidates.append(Path(ref_s))
-    for cand in candidates:
-        if cand.is_file():
-            return _parse(cand.read_text(), str(cand)), str(cand.resolve())
+    cand = relative_to / ref_s if relative_to is not None else Path(ref_s)
+    if cand.is_file():
+        return cand.read_text(), str(cand), str(cand.resolve())
     name = ref_s[:-5] if ref_s.endswith(".yaml") else ref_s
     shipped = resources.files(RECIPE_PACKAGE).joinpath(f"{name}.yaml")
     if shipped.is_file():
-        return _parse(shipped.read_text(), f"recipe '{name}'"), f"pkg:{name}"
+        return shipped.read_text(), f"recipe '{name}'", f"pkg:{name}"
     raise ConfigError(
         f"recipe '{ref_s}' is neither a file nor a shipped recipe{suggest(name, recipe_names())}; "
         f"run 'wsss recipes' to list the shipped ones"
@@ -70,19 +69,43 @@ def _parse(text: str, where: str) -> dict[str, Any]:
     return data
 
 
-def _load_tree(ref: str | Path, relative_to: Path | None = None, seen: tuple[str, ...] = ()) -> dict:
-    data, where = _read_yaml(ref, relative_to)
+def _key_lines(text: str, label: str) -> dict[str, str]:
+    """Dotted key path → "LABEL, line N" for every mapping key of a (valid) recipe text,
+    so that a misspelled key's error can point at the line to fix."""
+    lines: dict[str, str] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                path = f"{prefix}{key.value}"
+                lines[path] = f"{label}, line {key.start_mark.line + 1}"
+                walk(value, f"{path}.")
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _load_tree(
+    ref: str | Path, relative_to: Path | None = None, seen: tuple[str, ...] = ()
+) -> tuple[dict, dict[str, str]]:
+    """The recipe with its bases merged, and where each key was written (see ``_key_lines``)."""
+    text, label, where = _find_recipe(ref, relative_to)
+    data, lines = _parse(text, label), _key_lines(text, label)
     if where in seen:
         raise ConfigError(f"recipe inheritance loops: {' -> '.join((*seen, where))}")
     base = data.pop("base", None)
     if base is None:
-        return data
+        return data, lines
     if where.startswith("pkg:"):  # a shipped recipe's base is relative to its group folder
         name = posixpath.normpath(posixpath.join(posixpath.dirname(where[4:]), str(base)))
-        parent = _load_tree(name, None, (*seen, where))
+        parent, parent_lines = _load_tree(name, None, (*seen, where))
     else:
-        parent = _load_tree(base, Path(where).parent, (*seen, where))
-    return deep_merge(parent, data)
+        parent, parent_lines = _load_tree(base, Path(where).parent, (*seen, where))
+    return deep_merge(parent, data), {**parent_lines, **lines}
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -129,8 +152,11 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 # --------------------------------------------------------------------------- validation
-def from_dict(cls: type[T], data: Any, path: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, checking keys and value types."""
+def from_dict(cls: type[T], data: Any, path: str = "", key_lines: Mapping[str, str] | None = None) -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys and value types.
+
+    ``key_lines`` (dotted key → "FILE, line N") lets an unknown key's error name its line.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"'{path or '<root>'}' must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -139,19 +165,20 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     for key, value in data.items():
         full = f"{path}.{key}" if path else str(key)
         if key not in fields:
+            at = f" in {key_lines[full]}" if key_lines and full in key_lines else ""
             raise ConfigError(
-                f"unknown key '{full}'{suggest(str(key), fields)}; valid keys here: {', '.join(fields)}"
+                f"unknown key '{full}'{at}{suggest(str(key), fields)}; valid keys here: {', '.join(fields)}"
             )
-        kwargs[key] = _coerce(hints[key], value, full)
+        kwargs[key] = _coerce(hints[key], value, full, key_lines)
     return cls(**kwargs)
 
 
-def _coerce(tp: Any, value: Any, path: str) -> Any:
+def _coerce(tp: Any, value: Any, path: str, key_lines: Mapping[str, str] | None = None) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path)
+        return from_dict(tp, value, path, key_lines)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -161,7 +188,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, path)
+                return _coerce(arg, value, path, key_lines)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"'{path}': {value!r} fits none of {tp}")
@@ -180,9 +207,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"'{path}' must have {len(args)} items, got {len(value)}")
-            return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(
+                _coerce(a, v, f"{path}[{i}]", key_lines) for i, (a, v) in enumerate(zip(args, value))
+            )
         item = args[0] if args else Any
-        out = [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        out = [_coerce(item, v, f"{path}[{i}]", key_lines) for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
@@ -215,8 +244,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
 # --------------------------------------------------------------------------- public API
 def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load a recipe file or shipped name, apply overrides, and validate it."""
-    tree = apply_overrides(_load_tree(ref), overrides or [])
-    return from_dict(Recipe, tree)
+    tree, key_lines = _load_tree(ref)
+    return from_dict(Recipe, apply_overrides(tree, overrides or []), key_lines=key_lines)
 
 
 def recipe_from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
