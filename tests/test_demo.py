@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from wsss.cli import main
 from wsss.config import load_recipe
@@ -66,7 +67,7 @@ def test_demo_report_shows_every_column_and_number(demo: tuple[Path, str]) -> No
     page = (out / "report.html").read_text()
     record = json.loads((out / "run.json").read_text())
     val = record["stages"]["predict"]["metrics"]["val"]
-    assert f"segmentation prediction (val): <b>{100 * val['miou']:.1f}</b>" in page
+    assert f"segmentation prediction: val <b>{100 * val['miou']:.1f}</b>" in page
     assert "fully supervised upper bound" in page
     sample = re.search(r'<table class="grid" id="val-sample">(.*?)</table>', page, re.S).group(1)
     rows = re.findall(r"<tr>(.*?)</tr>", sample, re.S)[1:]
@@ -85,3 +86,17 @@ def test_demo_rerun_skips_finished_stages(demo: tuple[Path, str], capsys: pytest
     assert after == before  # nothing re-ran, so no timing changed
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cams").glob("*.npz")}
     assert "segmentation prediction" in capsys.readouterr().out
+
+
+def test_demo_says_first_which_threads_and_workers_it_uses(demo: tuple[Path, str]) -> None:
+    out, _ = demo
+    first = (out / "logs" / "pipeline.log").read_text().splitlines()[0]  # the run's log keeps it
+    recipe = load_recipe("synth/demo")
+    assert (recipe.classifier.num_workers, recipe.segmentation.num_workers, recipe.labels.workers) == (
+        2,
+        2,
+        2,
+    )
+    assert f"wsss demo uses torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS=" in first
+    assert "DataLoader workers: classifier 2, segmentation 2; CRF processes: 2" in first
+    assert "set OMP_NUM_THREADS=N to change" in first and "--set classifier.num_workers=N" in first

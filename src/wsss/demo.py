@@ -9,12 +9,16 @@ reports and writes ``report.html``.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from wsss.config import load_recipe
+import torch
+
+from wsss.config import Recipe, load_recipe
 from wsss.data.synth import generate_synth
+from wsss.engine import setup_run_logging
 from wsss.files import write_json
 from wsss.pipeline import run_pipeline
 from wsss.report import REPORT_NAME, collect_results, format_results_table, write_report
@@ -44,6 +48,19 @@ def run_upper_bound(out: Path, overrides: list[str], device: str) -> dict[str, A
     }
 
 
+def thread_use(recipe: Recipe) -> str:
+    """The CPU the demo will take and how to change it: on a shared machine people need to know
+    before minutes of every core are gone."""
+    omp = os.environ.get("OMP_NUM_THREADS")
+    return (
+        f"wsss demo uses torch threads: {torch.get_num_threads()} "
+        f"(OMP_NUM_THREADS={omp if omp is not None else 'unset'}; set OMP_NUM_THREADS=N to change); "
+        f"DataLoader workers: classifier {recipe.classifier.num_workers}, "
+        f"segmentation {recipe.segmentation.num_workers}; CRF processes: {recipe.labels.workers} "
+        "(--set classifier.num_workers=N, segmentation.num_workers=N, labels.workers=N to change)"
+    )
+
+
 def run_demo(
     out: str | Path = "runs/demo",
     device: str = "auto",
@@ -55,13 +72,14 @@ def run_demo(
     out = Path(out)
     t0 = time.time()
     data_root = out / "data"
-    generate_synth(data_root, seed=0, **(QUICK if quick else {}))
     all_overrides = [
         f"data.root={data_root.resolve()}",
         *(QUICK_OVERRIDES if quick else []),
         *(overrides or []),
     ]
     recipe = load_recipe(DEMO_RECIPE, all_overrides)
+    setup_run_logging(out, "pipeline").info(thread_use(recipe))  # the run's log keeps it too
+    generate_synth(data_root, seed=0, **(QUICK if quick else {}))
     record = run_pipeline(recipe, out, device=device)
     if with_upper_bound:
         record["stages"]["upper-bound"] = run_upper_bound(out, all_overrides, device)

@@ -22,6 +22,7 @@ import yaml
 
 import wsss
 from wsss.config import Recipe, save_recipe, to_dict
+from wsss.data.base import check_file_headers
 from wsss.engine import barrier, init_distributed, resolve_device, setup_run_logging
 from wsss.errors import ConfigError, WsssError
 from wsss.files import remove_stale_temp_files, write_json
@@ -59,6 +60,7 @@ from wsss.stages import (
 from wsss.stages.context import StageContext
 from wsss.stages.train_cls import heat_mask_folder
 
+PROGRESS_FROM = 1000  # images in a split from which the data check shows a progress bar
 STAGES: dict[str, ModuleType] = {
     m.NAME: m
     for m in (
@@ -192,6 +194,54 @@ def check_weight_files(recipe: Recipe, stages: list[str]) -> None:
                 )
 
 
+def stage_splits(recipe: Recipe, stage: str) -> list[str]:
+    """The data splits ``stage`` reads (images, tags or masks)."""
+    d, maps = recipe.data, recipe.cams.splits
+    seg_val = [d.val_split] if recipe.segmentation.select_by_val else []
+    splits = {
+        "train-cls": [d.train_split],
+        "make-cams": maps,
+        "eval-cams": [d.seed_eval_split, *maps],
+        "make-labels": [*maps, d.seed_eval_split],
+        "train-affinity": [recipe.affinity.split or maps[0]],
+        "random-walk": [*maps, d.seed_eval_split],
+        "train-seg": [d.train_split, *seg_val],
+        "predict": recipe.predict.splits,
+        "cycle-seg": [d.train_split, *recipe.predict.splits],
+    }
+    return list(dict.fromkeys(splits.get(stage, [])))
+
+
+def splits_to_check(ctx: StageContext, stages: list[str]) -> list[str]:
+    """The splits that stages still to run will read (a finished stage reads nothing)."""
+    wanted: dict[str, None] = {}
+    for name in stages:
+        splits = stage_splits(ctx.recipe, name)
+        if not set(splits) <= set(wanted) and not STAGES[name].is_complete(ctx):
+            wanted.update(dict.fromkeys(splits))
+    return list(wanted)
+
+
+def check_data(ctx: StageContext, stages: list[str]) -> None:
+    """Fail before any work on what the data files show cheaply: list entries naming missing
+    files, unknown tags, unreadable headers, a mask whose size differs from its image's.
+    Otherwise a bad mask stops a VOC run at eval-cams, after hours of training and CAMs."""
+    t0, count = time.time(), 0
+    splits = splits_to_check(ctx, stages)
+    for split in splits:
+        ds = ctx.dataset(split)  # cached: the stages reuse it
+        show = ctx.dist.is_main and len(ds) >= PROGRESS_FROM
+        check_file_headers(ds, desc=f"check {split}", progress=show)
+        count += len(ds)
+    if splits:
+        ctx.logger.info(
+            "data check: %d images of split(s) %s, sizes and files OK (%.1f s)",
+            count,
+            ", ".join(splits),
+            time.time() - t0,
+        )
+
+
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -284,6 +334,7 @@ def run_pipeline(
     check_weight_files(
         recipe, [n for n in names if _weight_files(recipe, n) and not STAGES[n].is_complete(ctx)]
     )
+    check_data(ctx, names)
     if dist.world_size == 1 and shard is None:  # sole writer: leftovers of a killed run can go
         for path in remove_stale_temp_files(run_dir):
             logger.info("removed %s, a partial file left by an interrupted run", path)

@@ -1,4 +1,8 @@
-"""Real photos: the coco128-voc set loads with the ``voc`` dataset, labels derived from masks."""
+"""Real photos: the coco128-voc set loads with the ``voc`` dataset, labels derived from masks.
+
+``../shared/data/coco128-voc`` (beside the repository) is the first 128 COCO train2017 images with
+masks mapped to the 20 VOC classes; README.md, "The coco128-voc folder", says how to build it.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,10 @@ ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "coco128
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(not ROOT.is_dir(), reason=f"shared real-photo set not found at {ROOT.resolve()}"),
+    pytest.mark.skipif(
+        not ROOT.is_dir(),
+        reason=f"shared real-photo set not found at {ROOT.resolve()} (README.md: 'The coco128-voc folder' builds it)",
+    ),
 ]
 
 

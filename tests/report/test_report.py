@@ -104,7 +104,8 @@ def test_report_ranks_images_and_embeds_every_picture(run_dir: Path) -> None:
     assert re.search(r"<b>mIoU</b></td><td><b>50\.0</b></td><td><b>62\.5</b></td>", per_class)
     # precision / recall of each scored label folder; labels.json scored nothing and is left out
     pr = re.search(r'<table id="precision-recall">(.*?)</table>', page, re.S).group(1)
-    assert "seg_val (val)<br>precision / recall" in pr and "labels" not in pr
+    assert '<th colspan="1">segmentation prediction</th>' in pr and "<th>val<br>precision / recall</th>" in pr
+    assert "labels" not in pr and "seg_val" not in page  # people's names, not file names
     assert (
         '<td class="l">dog</td><td>100.0 / 37.5</td>' in pr
         and '<td class="l">cat</td><td>90.0 / 60.0</td>' in pr

@@ -13,10 +13,11 @@ from safetensors.torch import load_file
 
 from wsss.cams.files import load_cam
 from wsss.config import load_recipe
+from wsss.data.palette import write_label_png
 from wsss.data.synth import generate_synth
 from wsss.engine import init_distributed, resolve_device
-from wsss.errors import ConfigError
-from wsss.pipeline import run_pipeline
+from wsss.errors import ConfigError, DataError
+from wsss.pipeline import run_pipeline, splits_to_check
 from wsss.stages import make_cams, train_cls
 from wsss.stages.context import StageContext
 
@@ -210,3 +211,35 @@ def test_a_report_problem_does_not_fail_a_finished_run(
     )
     log = (tmp_path / "run" / "logs" / "pipeline.log").read_text()
     assert "report not written (mask file not found" in log and f"wsss report {tmp_path / 'run'}" in log
+
+
+def _synth_with_bad_mask(root: Path, name: str) -> Path:
+    """A tiny synth set whose mask ``name`` is 64 wide but 60 high (its image is 64x64)."""
+    generate_synth(root, num_train=8, num_val=4, size=64, seed=3, progress=False)
+    bad = root / "SegmentationClass" / f"{name}.png"
+    write_label_png(bad, np.zeros((60, 64), np.uint8))
+    return bad
+
+
+def test_a_mask_of_the_wrong_size_fails_before_any_work(tmp_path: Path) -> None:
+    # before the check, this mask stopped the run at eval-cams, after training and CAMs
+    bad = _synth_with_bad_mask(tmp_path / "data", "synth_val_000002")
+    recipe = _recipe(tmp_path / "data", "cams.splits=[train, val]")
+    with pytest.raises(DataError) as err:
+        run_pipeline(recipe, tmp_path / "run", device="cpu")
+    msg = str(err.value)
+    assert f"mask {bad} is 64x60 but its image" in msg and "synth_val_000002.jpg is 64x64" in msg
+    assert "(sizes WxH)" in msg and "1 of 4 images" in msg
+    assert not (tmp_path / "run" / "train-cls").exists() and not (tmp_path / "run" / "recipe.yaml").exists()
+
+
+def test_the_data_check_reads_only_splits_that_stages_still_to_run_read(tmp_path: Path) -> None:
+    _synth_with_bad_mask(tmp_path / "data", "synth_val_000002")
+    recipe = _recipe(tmp_path / "data", "cams.splits=[train, val]", "predict.splits=[val]")
+    ctx = _ctx(recipe, tmp_path / "run")
+    assert splits_to_check(ctx, ["train-cls"]) == ["train"]  # the bad val mask does not stop it
+    assert splits_to_check(ctx, ["train-cls", "make-cams", "predict"]) == ["train", "val"]
+    (tmp_path / "run" / "train-cls").mkdir(parents=True)
+    (tmp_path / "run" / "train-cls" / "model.safetensors").write_bytes(b"")  # train-cls finished
+    assert splits_to_check(ctx, ["train-cls", "predict"]) == ["val"]
+    run_pipeline(_recipe(tmp_path / "data", "stages=[train-cls]"), tmp_path / "run2", device="cpu")

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from tqdm import tqdm
 
-from wsss.data.images import image_size, read_image
+from wsss.data.classes import COCO_CLASSES, VOC_CLASSES
+from wsss.data.images import format_size, image_size, read_image
 from wsss.data.labels import labels_from_masks, load_image_labels
 from wsss.data.palette import read_label_png
 from wsss.errors import DataError
@@ -25,9 +27,9 @@ from wsss.errors import DataError
 _SHOW = 5  # how many offending names an error message lists
 
 
-def name_preview(names: Sequence[str], show: int = _SHOW) -> str:
+def name_preview(names: Sequence[str], show: int = _SHOW, sep: str = ", ") -> str:
     """'a, b, c … (+7 more)' for error messages."""
-    head = ", ".join(str(n) for n in names[:show])
+    head = sep.join(str(n) for n in names[:show])
     return head + (f" … (+{len(names) - show} more)" if len(names) > show else "")
 
 
@@ -102,6 +104,22 @@ def read_class_names(path: str | os.PathLike, background_optional: bool = False)
             f"class list {path}: {len(names)} classes, at most 255 fit a PNG mask with 255 = ignore"
         )
     return tuple(names)
+
+
+BUILTIN_CLASS_LISTS = {"voc": VOC_CLASSES, "coco": COCO_CLASSES}  # index 0 background, as masks use
+
+
+def class_list(spec: str | os.PathLike) -> tuple[str, ...]:
+    """Class names by name (``voc``: 21, ``coco``: 81, in the converters' mask order) or from a
+    ``classes.txt`` path (background first), so scoring VOC needs no class file of one's own."""
+    if str(spec).lower() in BUILTIN_CLASS_LISTS:
+        return BUILTIN_CLASS_LISTS[str(spec).lower()]
+    if not Path(spec).is_file():
+        raise DataError(
+            f"class list '{spec}' is neither {' nor '.join(BUILTIN_CLASS_LISTS)} nor a file; give one of "
+            "those names or the path of a classes.txt (one name per line, background first)"
+        )
+    return read_class_names(spec)
 
 
 def check_files_exist(paths: Sequence[Path], list_file: Path | str, what: str = "image") -> None:
@@ -284,3 +302,36 @@ class TaggedImageDataset(Dataset):
         if "mask" in data:
             sample["mask"] = data["mask"]
         return sample
+
+
+def header_problems(
+    ds: TaggedImageDataset, *, desc: str = "check files", progress: bool = False
+) -> list[str]:
+    """What the file headers alone show wrong: an unreadable image or mask, or a mask whose size
+    differs from its image's. PIL reads only the header, so this costs seconds where decoding
+    every file (``wsss data check``) costs minutes."""
+    problems = []
+    for i in tqdm(range(len(ds)), desc=desc, unit="img", disable=not progress):
+        try:
+            size, mask = ds.image_size(i), ds.mask_path(i)
+            mask_size = image_size(mask, what="mask") if mask is not None else size
+        except DataError as exc:
+            problems.append(str(exc))
+            continue
+        if mask_size != size:
+            problems.append(
+                f"mask {mask} is {format_size(mask_size)} but its image {ds.image_path(i)} is {format_size(size)}"
+            )
+    return problems
+
+
+def check_file_headers(ds: TaggedImageDataset, *, desc: str = "check files", progress: bool = False) -> None:
+    """One DataError for every header problem of ``ds`` (see :func:`header_problems`), so a run
+    stops before its first stage rather than hours later at the stage that reads the file."""
+    problems = header_problems(ds, desc=desc, progress=progress)
+    if problems:
+        raise DataError(
+            f"{ds.source}: {len(problems)} of {len(ds)} images have a bad image or mask file (sizes WxH): "
+            f"{name_preview(problems, sep='; ')}; a mask must have its image's size: re-create these files, "
+            "or remove their names from the split list"
+        )

@@ -1,4 +1,8 @@
-"""Image reading with errors that name the file; grayscale and CMYK become RGB."""
+"""Image reading with errors that name the file; grayscale and CMYK become RGB.
+
+Sizes in messages are written width x height, ``500x375 (WxH)``, as image viewers and PIL show
+them; arrays and ``image_size`` stay (H, W).
+"""
 
 from __future__ import annotations
 
@@ -24,14 +28,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"image {path} is corrupt or truncated ({exc}); re-create or re-download it") from exc
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) of an image without decoding its pixels."""
+def image_size(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
+    """(H, W) of an image (or a mask: ``what``) from its header, without decoding its pixels."""
     path = Path(path)
     try:
         with Image.open(path) as img:
             w, h = img.size
     except FileNotFoundError as exc:
-        raise DataError(f"image file not found: {path}") from exc
+        raise DataError(f"{what} file not found: {path}") from exc
     except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"image {path} is corrupt ({exc}); re-create or re-download it") from exc
+        raise DataError(f"{what} {path} is corrupt ({exc}); re-create or re-download it") from exc
     return h, w
+
+
+def format_size(size: tuple[int, int]) -> str:
+    """An (H, W) size as messages write it: ``500x375`` (width first; say "(WxH)" once per message)."""
+    return f"{size[1]}x{size[0]}"

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from wsss.config import Recipe, load_recipe
 from wsss.errors import DataError
 from wsss.files import write_text
+from wsss.report.curves import loss_curves, threshold_curves
 from wsss.report.gallery import COLUMNS, Gallery, GallerySources, ImageRow, build_gallery
-from wsss.report.results import Result, collect_results, metric_dicts
+from wsss.report.results import Result, collect_results, metric_dicts, output_name
 from wsss.stages.context import build_dataset
 
 REPORT_NAME = "report.html"
@@ -35,10 +33,10 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{font-size:1.5em;margin-bottom:0}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
 .meta{color:#555;margin-top:4px}
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f0f0f0}td.l,th.l{text-align:left}
+th{background:#f0f0f0}td.l,th.l{text-align:left}th[colspan]{text-align:center}
 .grid td{text-align:center;vertical-align:top;padding:2px}.grid img{display:block;width:144px;height:auto;image-rendering:pixelated}
 .grid td.missing{color:#999;width:144px;vertical-align:middle}.grid td.cap{font-size:.8em;color:#444;text-align:left;width:150px}
-.curves img{max-width:420px;margin-right:8px;vertical-align:top}
+.curves{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.curves img{max-width:100%;height:auto}
 details pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:.85em}
 """
 
@@ -74,8 +72,10 @@ def _summary_table(record: dict[str, Any], results: list[Result]) -> str:
         by_stage[r.stage].append(r)
     rows = []
     for stage, info in record.get("stages", {}).items():
-        scored = by_stage.get(stage, [])
-        numbers = "; ".join(f"{_e(r.what)} ({_e(r.split)}): <b>{_pct(r.miou)}</b>" for r in scored)
+        numbers = "; ".join(
+            f"{_e(what)}: " + ", ".join(f"{_e(r.split)} <b>{_pct(r.miou)}</b>" for r in group)
+            for what, group in _by_output(by_stage.get(stage, []))
+        )
         reasons = _not_scored(info.get("metrics") or {})
         numbers = numbers or (f"not scored: {_e('; '.join(reasons))}" if reasons else "–")
         rows.append(
@@ -89,92 +89,107 @@ def _summary_table(record: dict[str, Any], results: list[Result]) -> str:
     )
 
 
+def _by_output(results: list[Result]) -> list[tuple[str, list[Result]]]:
+    """Results grouped by what was scored, in order: one heading over its splits, not one per split."""
+    groups: dict[str, list[Result]] = defaultdict(list)
+    for r in results:
+        groups[r.what].append(r)
+    return list(groups.items())
+
+
+def _two_row_head(groups: list[tuple[str, list[str]]], table_id: str, sub: str = "") -> str:
+    """A header row of output names, each over a row of its splits (``sub`` under the split)."""
+    top = "".join(f'<th colspan="{len(splits)}">{_e(what)}</th>' for what, splits in groups)
+    low = "".join(f"<th>{_e(split)}{sub}</th>" for _, splits in groups for split in splits)
+    return (
+        f'<table id="{table_id}"><tr><th class="l" rowspan="2">class</th>{top}</tr>'
+        f'<tr class="splits">{low}</tr>'
+    )
+
+
 def _per_class_table(results: list[Result]) -> str:
     """Classes down, scored outputs across: where a method gains or loses is per class."""
-    cols = [r for r in results if r.per_class]
-    if not cols:
+    groups = _by_output([r for r in results if r.per_class])
+    if not groups:
         return "<p>No per-class scores: the run's splits have no ground truth.</p>"
+    cols = [r for _, group in groups for r in group]
     classes = list(dict.fromkeys(c for r in cols for c in r.per_class))
-    head = "".join(f"<th>{_e(r.what)}<br>({_e(r.split)})</th>" for r in cols)
+    head = _two_row_head([(what, [r.split for r in group]) for what, group in groups], "per-class")
     body = []
     for c in classes:
         cells = "".join(f"<td>{_pct(r.per_class.get(c))}</td>" for r in cols)
         body.append(f'<tr><td class="l">{_e(c)}</td>{cells}</tr>')
     mean = "".join(f"<td><b>{_pct(r.miou)}</b></td>" for r in cols)
     body.append(f'<tr><td class="l"><b>mIoU</b></td>{mean}</tr>')
-    return f'<table id="per-class"><tr><th class="l">class</th>{head}</tr>{"".join(body)}</table>'
+    return f"{head}{''.join(body)}</table>"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def _pr_of(per_class: Any) -> dict[str, tuple[float, float]] | None:
+    """{class: (precision, recall)} of a saved per-class list, or None when it has no such scores."""
+    if not per_class or not all("precision" in c and "recall" in c for c in per_class):
+        return None
+    return {c["name"]: (c["precision"], c["recall"]) for c in per_class}
+
+
+def _cam_precision_recall(eval_dir: Path) -> list[tuple[str, str, dict[str, tuple[float, float]]]]:
+    """(output, split, scores) of the CAM seeds at the threshold the report's tables use."""
+    saved = _read_json(eval_dir / "cams.json")
+    chosen_from = (saved.get("summary") or {}).get("chosen_from")
+    out = []
+    for split, res in (saved.get("details") or {}).items():
+        scored = (res or {}).get("fixed") or (res or {}).get("oracle") or {}
+        pr = _pr_of(scored.get("per_class"))
+        if pr is not None and isinstance(scored.get("threshold"), (int, float)):
+            t = scored["threshold"]
+            what = (
+                f"CAM seeds, threshold {t:.2f} ({chosen_from})"
+                if res.get("fixed")
+                else f"CAM seeds, oracle threshold {t:.2f}"
+            )
+            out.append((what, split, pr))
+    return out
 
 
 def _precision_recall_table(eval_dir: Path) -> str:
-    """Precision / recall per class of every scored label folder (eval/*.json with per-class
-    scores): low recall with high precision is an output that misses a class, the reverse one
-    that spills over it."""
-    outputs = []
+    """Precision / recall per class of every scored output: low recall with high precision is an
+    output that misses a class, the reverse one that spills over it."""
+    outputs = _cam_precision_recall(eval_dir)
     for path in sorted(eval_dir.glob("*.json")):
-        try:
-            saved = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            continue
-        scores, summary = saved.get("scores") or {}, saved.get("summary") or {}
-        per_class = scores.get("per_class") or []
-        if per_class and all("precision" in c and "recall" in c for c in per_class):
-            name = f"{path.stem} ({summary['evaluated_on']})" if "evaluated_on" in summary else path.stem
-            outputs.append((name, {c["name"]: (c["precision"], c["recall"]) for c in per_class}))
+        saved = _read_json(path)
+        pr = _pr_of((saved.get("scores") or {}).get("per_class"))
+        if pr is not None and path.stem != "cams":
+            split = str((saved.get("summary") or {}).get("evaluated_on", ""))
+            outputs.append((output_name(path.stem), split, pr))
     if not outputs:
-        return "<p>No scored label folders.</p>"
-    classes = list(dict.fromkeys(name for _, pr in outputs for name in pr))
-    head = "".join(f"<th>{_e(stem)}<br>precision / recall</th>" for stem, _ in outputs)
+        return "<p>No scored outputs.</p>"
+    groups: dict[str, list[str]] = defaultdict(list)
+    for what, split, _ in outputs:
+        groups[what].append(split)
+    ordered = [o for what in groups for o in outputs if o[0] == what]
+    classes = list(dict.fromkeys(name for *_, pr in ordered for name in pr))
     body = []
     for c in classes:
         cells = "".join(
-            f"<td>{_pct(pr[c][0])} / {_pct(pr[c][1])}</td>" if c in pr else "<td>–</td>" for _, pr in outputs
+            f"<td>{_pct(pr[c][0])} / {_pct(pr[c][1])}</td>" if c in pr else "<td>–</td>" for *_, pr in ordered
         )
         body.append(f'<tr><td class="l">{_e(c)}</td>{cells}</tr>')
-    return f'<table id="precision-recall"><tr><th class="l">class</th>{head}</tr>{"".join(body)}</table>'
+    head = _two_row_head(list(groups.items()), "precision-recall", "<br>precision / recall")
+    return f"{head}{''.join(body)}</table>"
 
 
-def _figure_png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def _loss_curves(metrics_file: Path) -> bytes | None:
-    """Training loss per step of every training stage, from ``metrics.jsonl``."""
-    if not metrics_file.is_file():
-        return None
-    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for line in metrics_file.read_text().splitlines():
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill: the rest of the file is still good
-            continue
-        tag = str(item.get("tag", ""))
-        if tag.endswith("/loss"):
-            series[tag[: -len("/loss")]].append((int(item["step"]), float(item["value"])))
-    if not series:
-        return None
-    fig = Figure(figsize=(4.0 * len(series), 2.8))
-    for k, (stage, points) in enumerate(sorted(series.items())):
-        ax = fig.add_subplot(1, len(series), k + 1)
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], color="tab:blue")
-        ax.set_title(f"{stage} loss")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    return _figure_png(fig)
-
-
-def _curves(run_dir: Path) -> str:
-    parts = []
-    for path in sorted((run_dir / "eval").glob("threshold_curve_*.png")):
-        parts.append(_img_tag(path.read_bytes(), path.stem))
-    loss = _loss_curves(run_dir / "metrics.jsonl")
-    if loss is not None:
-        parts.append(_img_tag(loss, "training loss"))
+def _curves(run_dir: Path, record: dict[str, Any]) -> str:
+    parts = [_img_tag(png, alt) for alt, png in threshold_curves(run_dir / "eval")]
+    parts += [_img_tag(png, alt) for alt, png in loss_curves(run_dir, record)]
     if not parts:
-        return "<p>No curves yet.</p>"
+        return "<p>No curves: no stage of this run sweeps a threshold or trains a model.</p>"
     return f'<div class="curves">{"".join(parts)}</div>'
 
 
@@ -268,6 +283,34 @@ def _load_galleries(run_dir: Path, recipe: Recipe, record: dict[str, Any], **kwa
     return intro + "".join(parts)
 
 
+def duration(seconds: float) -> str:
+    """'8.1 s', '4 min 05 s', '2 h 03 min': a run's time as people read it."""
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes = round(seconds) // 60
+    if minutes < 60:
+        return f"{minutes} min {round(seconds) % 60:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _header(recipe: Recipe, record: dict[str, Any]) -> str:
+    """What ran on what, and the time it measured: a recipe's description ("5 minutes on CPU") is
+    a promise, and a recipe of one's own inherits its base's."""
+    total = sum(info.get("seconds", 0) for info in record.get("stages", {}).values())
+    versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items() if v)
+    machine = record.get("machine", {})
+    where = (machine.get("gpu") or f"{machine.get('cpu_count', '?')} CPUs") if machine else "machine unknown"
+    d = recipe.data
+    splits = (
+        f"training split '{d.train_split}', seeds scored on '{d.seed_eval_split}', val split '{d.val_split}'"
+    )
+    return (
+        f"data: {_e(d.dataset)} dataset at {_e(_data_root(d.root, record))} ({_e(splits)})<br>"
+        f"took {duration(total)} (the stages' measured times added up) on {_e(record.get('device'))} "
+        f"({_e(where)}); {_e(versions)}; git {_e((record.get('git_commit') or 'unknown')[:12])}"
+    )
+
+
 def render_report(run_dir: Path, **gallery_kwargs: Any) -> str:
     """The report page of ``run_dir`` as an HTML string."""
     record_path = run_dir / "run.json"
@@ -276,14 +319,7 @@ def render_report(run_dir: Path, **gallery_kwargs: Any) -> str:
     record = json.loads(record_path.read_text())
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
     results = collect_results(record)
-    total = sum(info.get("seconds", 0) for info in record.get("stages", {}).values())
-    versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items() if v)
-    machine = record.get("machine", {})
-    where = (machine.get("gpu") or f"{machine.get('cpu_count', '?')} CPUs") if machine else "machine unknown"
-    meta = (
-        f"{_e(recipe.description)}<br>device {_e(record.get('device'))} ({_e(where)}); {_e(versions)}; "
-        f"git {_e((record.get('git_commit') or 'unknown')[:12])}; stages took {total:.0f} s in all"
-    )
+    meta = _header(recipe, record)
     config = yaml.safe_dump(record.get("config", {}), sort_keys=False)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -291,9 +327,9 @@ def render_report(run_dir: Path, **gallery_kwargs: Any) -> str:
         f'<h1>wsss report: {_e(recipe.name)}</h1><p class="meta">{meta}</p>'
         f"<h2>Stages</h2>{_summary_table(record, results)}"
         f"<h2>Per-class IoU (%)</h2>{_per_class_table(results)}"
-        f"<h3>Precision / recall (%) of each scored output (eval/*.json)</h3>"
+        f"<h3>Precision / recall (%) of each scored output</h3>"
         f"{_precision_recall_table(run_dir / 'eval')}"
-        f"<h2>Curves</h2>{_curves(run_dir)}"
+        f"<h2>Curves</h2>{_curves(run_dir, record)}"
         f"<h2>Pictures</h2>{_load_galleries(run_dir, recipe, record, **gallery_kwargs)}"
         f"<h2>Configuration</h2><details><summary>resolved recipe</summary><pre>{_e(config)}</pre></details>"
         "</body></html>"

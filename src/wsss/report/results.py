@@ -73,6 +73,19 @@ _OUTPUT_NAMES = {
 }
 
 
+# eval/<stem>.json of the stages that score a label folder -> the stage whose output it scores
+_EVAL_FILES = {"labels": "make-labels", "pseudo": "random-walk", "seg_cycle_": "cycle-seg", "seg_": "predict"}
+
+
+def output_name(stem: str) -> str:
+    """The human name of the output an ``eval/<stem>.json`` scores (``seg_val`` -> segmentation
+    prediction); a file no stage writes keeps its file name, so it is still findable."""
+    for prefix, stage in _EVAL_FILES.items():
+        if stem == prefix or (prefix.endswith("_") and stem.startswith(prefix)):
+            return _OUTPUT_NAMES[stage]
+    return f"eval/{stem}.json"
+
+
 def collect_results(record: dict[str, Any]) -> list[Result]:
     """Every scored output of a run record, in stage order."""
     results: list[Result] = []
