@@ -39,7 +39,7 @@ STAGE_HELP = {
         "Turn CAM files into pseudo-labels (threshold / confident / PSA alpha, + CRF) and score them.",
     ),
     "train-affinity": (
-        "train the affinity net (PSA or IRN) on the confident labels",
+        "train AffinityNet or IRN on the confident labels",
         "Train PSA's AffinityNet (or IRN) on the confident labels.",
     ),
     "random-walk": (
