@@ -108,7 +108,15 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
             (METHODS, c.method, "classifier.method", c.method_args, "classifier.method_args"),
             (BACKBONES, c.backbone, "classifier.backbone", {}, ""),
         ],
-        "make-cams": [(CAM_EXTRACTORS, recipe.cams.extractor, "cams.extractor", {}, "")],
+        "make-cams": [
+            (
+                CAM_EXTRACTORS,
+                recipe.cams.extractor,
+                "cams.extractor",
+                recipe.cams.extractor_args,
+                "cams.extractor_args",
+            )
+        ],
         "make-labels": [
             (LABEL_GENERATORS, recipe.labels.mode, "labels.mode", {}, ""),  # + check_label_config
             *(

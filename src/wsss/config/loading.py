@@ -122,7 +122,16 @@ def deep_merge(base: dict, top: dict) -> dict:
 # Builder-argument mappings replace rather than merge: a child recipe that changes the component
 # (e.g. ``method: transcam``) must not inherit keywords meant for the parent's component.
 _OPAQUE_DICTS: frozenset[str] = frozenset(
-    {"method_args", "model_args", "args", "loss_args", "cycle_loss_args", "mode_args", "cam_transform_args"}
+    {
+        "method_args",
+        "model_args",
+        "args",
+        "loss_args",
+        "cycle_loss_args",
+        "mode_args",
+        "cam_transform_args",
+        "extractor_args",
+    }
 )
 
 

@@ -81,7 +81,12 @@ class ClassifierConfig(TrainerConfig):
 class CamConfig:
     """Stage ``make-cams``: multi-scale + flip inference written as CAM files."""
 
-    extractor: str = "transcam"  # the model's extract() method: transcam | conv | clsattn (TransCAM), cam
+    extractor: str = (
+        "transcam"  # CAM_EXTRACTORS name: transcam | conv | clsattn (TransCAM), cam, rv (SEAM), …
+    )
+    extractor_args: dict[str, Any] = field(
+        default_factory=dict
+    )  # keywords of the extractor (advcam: steps …)
     norm: Literal["minmax", "max"] = "minmax"  # per class: TransCAM min-max, IRN divide-by-max
     splits: list[str] = field(default_factory=lambda: ["train"])  # data splits that get CAM files
     scale_mode: Literal["square", "relative"] = "square"  # square: resize to s×s (TransCAM)
