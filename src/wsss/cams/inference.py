@@ -6,6 +6,11 @@ forward. Each pass's foreground maps are upsampled to the target grid, un-flippe
 to the image's classes and summed; then negatives are clipped and every class is min-max
 normalised. ``batched=False`` runs the same passes one at a time (reference / low memory).
 
+Everything runs under ``torch.no_grad`` except an extractor that declares ``needs_grad``
+(Grad-CAM, AdvCAM), which alone is called with autograd on; one that declares ``needs_labels``
+is also given its images' label vectors, the flip and the scale, and fuses the mirror itself
+(see :mod:`wsss.cams.extractors`).
+
 The per-scale resize is PIL bicubic on the uint8 image by default (``resize="pil"``), as
 TransCAM, PSA and IRN resize; ``resize="torch"`` uses torchvision's antialiased bicubic on the
 device instead (see :func:`resize_image` for how far the two differ).
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -27,8 +33,9 @@ from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.errors import ConfigError
 from wsss.registry import suggest
 
-CamFn = Callable[[torch.Tensor], torch.Tensor]
-"""Maps a normalised B×3×H×W batch to raw B×C×h×w CAMs (channel 0 = background)."""
+CamFn = Callable[..., torch.Tensor]
+"""Maps a normalised B×3×H×W batch to raw B×C×h×w CAMs (channel 0 = background); with
+``needs_labels`` it takes ``(batch, labels, *, flip, scale)`` and gives B×branches×C×h×w."""
 
 
 def scaled_size(size: tuple[int, int], scale: float, mode: str = "square") -> tuple[int, int]:
@@ -99,6 +106,38 @@ def _to_target(
     return F.interpolate(valid, size=target, mode="bilinear", align_corners=False)
 
 
+def _passes(
+    cam_fn: CamFn,
+    batch: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    flip: bool,
+    scale: float,
+    together: bool,
+) -> list[tuple[int, torch.Tensor, bool]]:
+    """(row of ``batch``, raw maps, mirrored?) of one group: the flips stacked behind the images in
+    one forward (``together``) or run apart; a ``needs_labels`` extractor gets the group's
+    ``labels`` and fuses the flip itself; only a ``needs_grad`` one runs with autograd on."""
+    grad = getattr(cam_fn, "needs_grad", False)
+    n = len(batch)
+    with torch.enable_grad() if grad else nullcontext():
+        if getattr(cam_fn, "needs_labels", False):
+            out = cam_fn(batch, labels, flip=flip, scale=scale).detach()
+            return [(k, out[k], False) for k in range(n)]
+        if together:
+            out = cam_fn(torch.cat([batch, batch.flip(-1)]) if flip else batch).detach()
+            plain, mirrored = out[:n], out[n:]
+        else:
+            plain = cam_fn(batch).detach()
+            mirrored = cam_fn(batch.flip(-1)).detach() if flip else plain[:0]
+    runs = []
+    for k in range(n):
+        runs.append((k, plain[k], False))
+        if flip:
+            runs.append((k, mirrored[k], True))
+    return runs
+
+
 @torch.no_grad()
 def multiscale_cams(
     cam_fn: CamFn,
@@ -114,7 +153,8 @@ def multiscale_cams(
     device: torch.device | str = "cpu",
     resize: str = "pil",
 ) -> list[torch.Tensor]:
-    """Summed, un-normalised foreground CAMs for each image, shape (K, ceil(H/s), ceil(W/s)).
+    """Summed, un-normalised foreground CAMs for each image, shape (K, ceil(H/s), ceil(W/s)), or
+    (branches, K, …) for an extractor that returns branches (Grad-CAM, AdvCAM).
 
     ``images`` are uint8 3×H×W tensors (any sizes), ``labels`` K-dim multi-hot vectors; absent
     classes come out as zero maps. ``resize`` picks the kernel of the per-scale image resize
@@ -127,7 +167,9 @@ def multiscale_cams(
     sums: list[torch.Tensor | None] = [None] * len(images)
 
     def add(i: int, raw: torch.Tensor, in_size: tuple[int, int], flipped: bool) -> None:
-        fg = _to_target(raw[None, 1:].float(), in_size, output_stride, targets[i])[0]
+        maps = raw.reshape(-1, *raw.shape[-3:])[:, 1:].float()  # (branches, K, h, w)
+        fg = _to_target(maps, in_size, output_stride, targets[i])
+        fg = fg[0] if raw.ndim == 3 else fg
         if flipped:
             fg = fg.flip(-1)
         fg = fg * labels[i].to(fg.device).view(-1, 1, 1)
@@ -145,19 +187,17 @@ def multiscale_cams(
                 groups.setdefault(tuple(x.shape[-2:]), []).append(i)
             for in_size, idx in groups.items():
                 batch = torch.stack([resized[i] for i in idx])
-                if flip:
-                    batch = torch.cat([batch, batch.flip(-1)])
-                out = cam_fn(batch)
-                for k, i in enumerate(idx):
-                    add(i, out[k], in_size, False)
-                    if flip:
-                        add(i, out[len(idx) + k], in_size, True)
+                group_labels = torch.stack([labels[i] for i in idx]).to(device)
+                runs = _passes(cam_fn, batch, group_labels, flip=flip, scale=scale, together=True)
+                for k, raw, flipped in runs:
+                    add(idx[k], raw, in_size, flipped)
         else:
             for i, x in enumerate(resized):
-                in_size = tuple(x.shape[-2:])
-                add(i, cam_fn(x[None])[0], in_size, False)
-                if flip:
-                    add(i, cam_fn(x.flip(-1)[None])[0], in_size, True)
+                runs = _passes(
+                    cam_fn, x[None], labels[i][None].to(device), flip=flip, scale=scale, together=False
+                )
+                for _, raw, flipped in runs:
+                    add(i, raw, tuple(x.shape[-2:]), flipped)
     return [s for s in sums if s is not None]
 
 

@@ -3,6 +3,11 @@
 With ``cams.window`` set the CAMs are PMM's multi-crop ones (:mod:`wsss.cams.multicrop`): each
 scale is tiled by windows, so an image costs many more forwards; the file format is the same.
 
+``cams.extractor`` is built with ``cams.extractor_args``. An extractor that returns model
+branches (Grad-CAM, AdvCAM on AMR's two branches) has its pass sums normalised per branch with
+``cams.norm`` and then fused by its own weights, AMR's order; the fused map is stored as is (with
+one branch this is the usual normalisation, exactly).
+
 A sharded, resumable map: each process handles its share of the images (DDP rank or
 ``--shard i/n``), skips images whose CAM file is already complete, and writes every file
 atomically — killing it at any moment and re-running finishes the job without redoing work.
@@ -18,18 +23,18 @@ single process does.
 from __future__ import annotations
 
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from wsss.cams.extractors import get_extractor
+from wsss.cams.extractors import BoundExtractor, get_extractor
 from wsss.cams.files import is_complete as cam_file_complete
 from wsss.cams.files import save_cam
 from wsss.cams.inference import NORMALISERS, multiscale_cams
 from wsss.cams.multicrop import multicrop_cams
+from wsss.errors import ConfigError
 from wsss.stages.context import StageContext
 from wsss.stages.scoring import all_written
 from wsss.stages.train_cls import load_trained_classifier
@@ -62,9 +67,14 @@ def write_cams(
         device=ctx.device,
         resize=cfg.resize,
     )
-    cam_fn = partial(get_extractor(cfg.extractor), model)
+    cam_fn = BoundExtractor(get_extractor(cfg.extractor, **cfg.extractor_args), model)
     images, labels = [it["image"] for it in items], [it["labels"] for it in items]
     if cfg.window is not None:
+        if cam_fn.needs_grad or cam_fn.needs_labels:
+            raise ConfigError(
+                f"cams.extractor {cfg.extractor!r} needs gradients or labels, which multi-crop "
+                "inference (cams.window) does not give; use multi-scale inference (cams.window: null)"
+            )
         sums = multicrop_cams(
             cam_fn,
             images,
@@ -81,7 +91,7 @@ def write_cams(
         if it["name"] in skip:
             continue
         keys = torch.nonzero(it["labels"] > 0.5).flatten()
-        cams = NORMALISERS[cfg.norm](cam[keys]) if len(keys) else cam[keys]
+        cams = stored_maps(cam, keys, cfg.norm, cam_fn)
         save_cam(
             folder / f"{it['name']}.npz",
             cams=cams.cpu().numpy(),
@@ -90,6 +100,16 @@ def write_cams(
             stride=cfg.stride,
             norm=cfg.norm,
         )
+
+
+def stored_maps(cam: torch.Tensor, keys: torch.Tensor, norm: str, cam_fn: BoundExtractor) -> torch.Tensor:
+    """The present classes' maps as stored: ``norm`` per class, or, for per-branch sums
+    (branches×K×H×W), per branch and then fused by the extractor."""
+    if not len(keys):
+        return cam[..., keys, :, :].reshape(0, *cam.shape[-2:])
+    if cam.ndim == 4:
+        return cam_fn.fuse(cam[:, keys], NORMALISERS[norm])
+    return NORMALISERS[norm](cam[keys])
 
 
 def fixed_batches(ctx: StageContext) -> list[list[tuple[Any, int]]]:
