@@ -158,6 +158,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=Path("runs/recipe-table"))
     ap.add_argument(
+        "--per-class", action="store_true", help="also per-class pseudo-label IoU (mean over seeds)"
+    )
+    ap.add_argument(
         "--upper-bound",
         default=UPPER_BOUND,
         help="recipe whose segmentation is also trained on GT ('' = none)",
