@@ -22,6 +22,7 @@ import yaml
 
 import wsss
 from wsss.config import Recipe, save_recipe, to_dict
+from wsss.config.schema import ClassifierConfig
 from wsss.data.base import check_file_headers
 from wsss.engine import barrier, init_distributed, resolve_device, setup_run_logging
 from wsss.errors import ConfigError, WsssError
@@ -32,6 +33,7 @@ from wsss.refine.crf import get_preset
 from wsss.refine.label_generators import check_label_config
 from wsss.registry import (
     AFFINITY_MODELS,
+    BACKBONE_INSERTS,
     BACKBONES,
     CAM_EXTRACTORS,
     CAM_MODELS,
@@ -52,18 +54,20 @@ from wsss.stages import (
     make_cams,
     make_labels,
     predict,
+    pretrain_cls,
     random_walk,
     train_affinity,
     train_cls,
     train_seg,
 )
 from wsss.stages.context import StageContext
-from wsss.stages.train_cls import heat_mask_folder
+from wsss.stages.train_cls import PRETRAIN, heat_mask_folder, missing_pretrain, null_section
 
 PROGRESS_FROM = 1000  # images in a split from which the data check shows a progress bar
 STAGES: dict[str, ModuleType] = {
     m.NAME: m
     for m in (
+        pretrain_cls,
         train_cls,
         make_cams,
         eval_cams,
@@ -83,9 +87,35 @@ def check_stages(names: list[str]) -> None:
             raise ConfigError(f"unknown stage '{name}'{suggest(name, STAGES)}; stages: {', '.join(STAGES)}")
 
 
+def _classifier_components(c: ClassifierConfig | None, section: str) -> list[tuple]:
+    """(registry, name, key, keyword arguments, their key) a classifier section names, including a
+    backbone insert passed in ``model_args`` or ``model_args.backbone_args``."""
+    if c is None:
+        raise ConfigError(null_section(section))
+    found = [
+        (CAM_MODELS, c.model, f"{section}.model", c.model_args, f"{section}.model_args"),
+        (METHODS, c.method, f"{section}.method", c.method_args, f"{section}.method_args"),
+        (BACKBONES, c.backbone, f"{section}.backbone", {}, ""),
+    ]
+    backbone_args = c.model_args.get("backbone_args") or {}
+    for args, key in ((c.model_args, "model_args"), (backbone_args, "model_args.backbone_args")):
+        if isinstance(args, dict) and isinstance(args.get("insert"), str):
+            where = f"{section}.{key}"
+            found.append(
+                (
+                    BACKBONE_INSERTS,
+                    args["insert"],
+                    f"{where}.insert",
+                    args.get("insert_args") or {},
+                    f"{where}.insert_args",
+                )
+            )
+    return found
+
+
 def check_components(recipe: Recipe, names: list[str]) -> None:
     """Fail before any work when a stage to run names an unknown component (typos cost hours)."""
-    c, a, sg = recipe.classifier, recipe.affinity, recipe.segmentation
+    a, sg = recipe.affinity, recipe.segmentation
     # (registry, name, recipe key, keyword arguments the recipe passes on, their key)
     seg = [
         (SEG_MODELS, sg.model, "segmentation.model", sg.model_args, "segmentation.model_args"),
@@ -103,11 +133,8 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
         ),
     ]
     wanted = {
-        "train-cls": [
-            (CAM_MODELS, c.model, "classifier.model", c.model_args, "classifier.model_args"),
-            (METHODS, c.method, "classifier.method", c.method_args, "classifier.method_args"),
-            (BACKBONES, c.backbone, "classifier.backbone", {}, ""),
-        ],
+        "train-cls": _classifier_components(recipe.classifier, "classifier"),
+        "pretrain-cls": _classifier_components(recipe.pretrain, PRETRAIN) if "pretrain-cls" in names else [],
         "make-cams": [
             (
                 CAM_EXTRACTORS,
@@ -172,7 +199,9 @@ def _weight_files(recipe: Recipe, stage: str) -> list[tuple[str, str | None]]:
     seg = [("segmentation.pretrained", recipe.segmentation.pretrained)]
     if recipe.segmentation.init != "imagenet":
         seg.append(("segmentation.init", recipe.segmentation.init))
+    pretrain = [("pretrain.pretrained", recipe.pretrain.pretrained)] if recipe.pretrain is not None else []
     return {
+        "pretrain-cls": pretrain,
         "train-cls": [("classifier.pretrained", recipe.classifier.pretrained)],
         "train-affinity": [("affinity.pretrained", recipe.affinity.pretrained)],
         "train-seg": seg,
@@ -202,11 +231,29 @@ def check_weight_files(recipe: Recipe, stages: list[str]) -> None:
                 )
 
 
+def check_pretrain_order(ctx: StageContext, stages: list[str]) -> None:
+    """Fail before any work when ``train-cls`` is to start from the pretrain stage's weights but they
+    are neither in the run directory nor made by an earlier stage of this invocation: users of AMR's
+    released code trained stage 2 on a random spotlight branch because its README skipped stage 1."""
+    c = ctx.recipe.classifier
+    if c.init_from is None or "train-cls" not in stages or train_cls.is_complete(ctx):
+        return
+    if ctx.recipe.pretrain is None:
+        raise ConfigError(
+            f"classifier.init_from is '{c.init_from}' but the recipe has no 'pretrain' section; add one "
+            "(the first classifier, trained by stage pretrain-cls) or set classifier.init_from: null"
+        )
+    before = stages[: stages.index("train-cls")]
+    if "pretrain-cls" not in before and not pretrain_cls.is_complete(ctx):
+        raise ConfigError(missing_pretrain(ctx))
+
+
 def stage_splits(recipe: Recipe, stage: str) -> list[str]:
     """The data splits ``stage`` reads (images, tags or masks)."""
     d, maps = recipe.data, recipe.cams.splits
     seg_val = [d.val_split] if recipe.segmentation.select_by_val else []
     splits = {
+        "pretrain-cls": [d.train_split],
         "train-cls": [d.train_split],
         "make-cams": maps,
         "eval-cams": [d.seed_eval_split, *maps],
@@ -342,6 +389,7 @@ def run_pipeline(
     check_weight_files(
         recipe, [n for n in names if _weight_files(recipe, n) and not STAGES[n].is_complete(ctx)]
     )
+    check_pretrain_order(ctx, names)
     check_data(ctx, names)
     if dist.world_size == 1 and shard is None:  # sole writer: leftovers of a killed run can go
         for path in remove_stale_temp_files(run_dir):

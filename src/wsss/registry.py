@@ -22,6 +22,7 @@ T = TypeVar("T", bound=Callable[..., Any])
 _PROVIDERS = (
     "wsss.data",
     "wsss.models",
+    "wsss.models.modules",
     "wsss.losses",
     "wsss.cams",
     "wsss.refine",
@@ -154,6 +155,8 @@ def _load_providers() -> None:
 
 DATASETS = Registry("dataset")
 BACKBONES = Registry("backbone")
+# Modules a CNN backbone inserts after each block or stage (AMR's AMM); built with ``channels=C``.
+BACKBONE_INSERTS = Registry("backbone insert")
 CAM_MODELS = Registry("CAM model")
 METHODS = Registry("method")
 CAM_EXTRACTORS = Registry("CAM extractor")

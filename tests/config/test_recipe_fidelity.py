@@ -76,3 +76,27 @@ def test_transcam_recipes_keep_the_released_code_quirks(name: str) -> None:
     assert r.segmentation.model_args == {"train_bn_affine": False}
     assert r.cams.resize == "pil" and r.cams.scale_mode == "square"
     assert r.evaluate.mean == "absent_as_zero"
+
+
+def test_amr_recipe_keeps_the_released_code_switches() -> None:
+    """docs/fidelity.md, voc/amr: both classifier stages on the legacy PolyOptimizer, the released CPS
+    pairing (through compat), AMMs per bottleneck with train-mode BN, one [image, flip] pair per CAM
+    forward, stage 1 with Cutout and only the stem frozen, IRN at batch 16 and the walk at power 1.5."""
+    from wsss.registry import METHODS
+    from wsss.stages.train_cls import build_method
+
+    r = load_recipe("voc/amr")
+    assert r.compat == "authors_code" and r.pretrain.compat is None and r.classifier.compat is None
+    assert build_method(r.classifier, r.compat).cps_form == "authors_code"
+    assert METHODS.build("amr", **r.classifier.method_args).cps_form == "per_image"  # clean default
+    args = r.classifier.model_args
+    assert (args["insert"], args["insert_at"], args["frozen_stages"]) == ("amm", "block", 1)
+    assert args["insert_args"]["bn_train_at_inference"] is True
+    assert r.cams.batch_images == 1 and r.cams.norm == "max" and r.cams.stride == 4
+    assert r.cams.scales == [1.0, 0.5, 0.75, 1.25, 1.5, 1.75, 2.0]
+    assert r.pretrain.cutout == (3, 128) and r.classifier.cutout is None
+    assert r.pretrain.model_args["frozen_stages"] == 0
+    assert (r.pretrain.lr, r.pretrain.head_lr_mult, r.pretrain.epochs) == (0.01, 10.0, 8)
+    assert (r.classifier.lr, r.classifier.head_lr_mult, r.classifier.epochs) == (0.01, 10.0, 8)
+    assert (r.labels.fg_threshold, r.labels.low_threshold) == (0.60, 0.33)
+    assert r.affinity.batch_size == 16 and r.random_walk.cam_power == 1.5 and r.random_walk.logt == 8

@@ -11,6 +11,7 @@ from torchvision.transforms.v2 import functional as F
 from wsss.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Cutout,
     RandomRescale,
     RandomResizeLong,
     denormalize,
@@ -162,3 +163,30 @@ def test_bad_ranges():
         RandomResizeLong(50, 40)
     with pytest.raises(ValueError):
         RandomRescale(0.0, 1.0)
+
+
+def test_cutout_zeroes_three_clipped_squares_of_the_image_only() -> None:
+    """Each hole spans size//2 either side of a uniform centre, clipped at the border (AMR's cutout):
+    with one hole of 8 the zeroed box is [y−4, y+4) × [x−4, x+4) ∩ image; the mask is untouched."""
+    image = tv_tensors.Image(torch.ones(3, 20, 30))
+    mask = tv_tensors.Mask(torch.ones(20, 30, dtype=torch.int64))
+    one = Cutout(holes=1, size=8)
+    sizes = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        y, x = int(torch.randint(20, ())), int(torch.randint(30, ()))  # the centre the transform draws
+        torch.manual_seed(seed)
+        out = one({"image": image, "mask": mask})
+        want = torch.zeros(20, 30, dtype=torch.bool)
+        want[max(0, y - 4) : min(20, y + 4), max(0, x - 4) : min(30, x + 4)] = True
+        assert torch.equal(out["image"] == 0, want.expand(3, 20, 30))
+        assert torch.equal(out["mask"], mask)
+        sizes.add(int(want.sum()))
+    assert 64 in sizes and min(sizes) < 64  # whole 8×8 holes and clipped ones
+    assert torch.equal(image, torch.ones(3, 20, 30))  # the input is not modified in place
+    torch.manual_seed(0)
+    three = train_transform(resize_long=None, crop_size=64, flip=False, color_jitter=None, cutout=(3, 16))
+    holes = three({"image": tv_tensors.Image(torch.full((3, 64, 64), 200, dtype=torch.uint8))})["image"]
+    zeroed = int((holes[0] == 0).sum())
+    assert 16 * 16 <= zeroed <= 3 * 16 * 16  # three 16×16 holes, possibly overlapping or clipped
+    assert torch.equal(holes[0] == 0, holes[2] == 0)  # every channel, i.e. the mean colour

@@ -11,6 +11,7 @@ from wsss.registry import suggest
 # The stages of wsss.pipeline.STAGES, in pipeline order; repeated here so that building the
 # parser does not import torch (a test keeps the two equal).
 STAGE_NAMES = (
+    "pretrain-cls",
     "train-cls",
     "make-cams",
     "eval-cams",
@@ -26,6 +27,11 @@ STAGE_NAMES = (
 # itself (wsss.cli.evaluate) scores any folder of CAM files.
 # stage command: (one line for ``wsss --help``, the description ``wsss STAGE --help`` shows)
 STAGE_HELP = {
+    "pretrain-cls": (
+        "train the first classifier of a two-stage method",
+        "Train the recipe's pretrain classifier (the first of two, e.g. AMR's spotlight branch); "
+        "train-cls reads it with classifier.init_from: pretrain.",
+    ),
     "train-cls": (
         "train the CAM classifier on image-level tags",
         "Train the CAM classifier on image-level tags.",

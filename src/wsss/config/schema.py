@@ -75,6 +75,12 @@ class ClassifierConfig(TrainerConfig):
     )
     heat_stride: int = 300
     heat_keep: float = 0.1
+    # Cutout after the crop: (holes, side in pixels) zeroed on the normalised image; null: none.
+    # AMR's spotlight branch: [3, 128].
+    cutout: tuple[int, int] | None = None
+    # ``pretrain``: start from the weights the ``pretrain-cls`` stage wrote (RUN/pretrain-cls/), handed
+    # to the model's ``load_pretrained_stage`` (AMR: its frozen spotlight branch); null: nothing.
+    init_from: Literal["pretrain"] | None = None
 
 
 @dataclass
@@ -248,6 +254,9 @@ class Recipe:
     compat: Literal["clean", "authors_code"] = "clean"
     stages: list[str] = field(default_factory=lambda: ["train-cls", "make-cams", "eval-cams", "make-labels"])
     data: DataConfig = field(default_factory=DataConfig)
+    # Stage ``pretrain-cls``: a first classifier trained before ``classifier`` and written to
+    # RUN/pretrain-cls/ (AMR's spotlight branch); ``classifier.init_from: pretrain`` reads it. null: none.
+    pretrain: ClassifierConfig | None = None
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     cams: CamConfig = field(default_factory=CamConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)

@@ -93,6 +93,38 @@ class RandomRescale(_JointResize):
         return [max(1, round(height * scale)), max(1, round(width * scale))]
 
 
+class Cutout(v2.Transform):
+    """Zero ``holes`` square patches of the (normalised) image; masks pass unchanged.
+
+    AMR's spotlight-branch augmentation (``misc/imutils.py: cutout``, applied to the CHW crop after
+    normalisation, so a hole is the ImageNet mean colour): each hole's centre is uniform over the
+    image and it spans ``size // 2`` pixels either side, clipped at the border (holes may overlap).
+    """
+
+    def __init__(self, holes: int = 3, size: int = 128) -> None:
+        super().__init__()
+        if holes < 1 or size < 2:
+            raise ValueError(f"cutout needs holes >= 1 and size >= 2, got holes={holes}, size={size}")
+        self.holes, self.size = int(holes), int(size)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = _spatial_size(flat_inputs)
+        half = self.size // 2
+        boxes = []
+        for _ in range(self.holes):
+            y, x = int(torch.randint(h, ())), int(torch.randint(w, ()))
+            boxes.append((max(0, y - half), min(h, y + half), max(0, x - half), min(w, x + half)))
+        return {"boxes": boxes}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        out = inpt.clone()
+        for y1, y2, x1, x2 in params["boxes"]:
+            out[..., y1:y2, x1:x2] = 0
+        return out
+
+
 def normalize_steps(
     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> list[v2.Transform]:
@@ -111,8 +143,12 @@ def train_transform(
     scale: tuple[float, float] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    cutout: tuple[int, int] | None = None,
 ) -> v2.Compose:
-    """Classifier / segmentation training augmentation; ``None`` switches a step off."""
+    """Classifier / segmentation training augmentation; ``None`` switches a step off.
+
+    ``cutout`` = (holes, size): :class:`Cutout` on the normalised crop, last (AMR's spotlight: (3, 128)).
+    """
     steps: list[v2.Transform] = []
     if resize_long is not None:
         steps.append(RandomResizeLong(*resize_long))
@@ -130,6 +166,8 @@ def train_transform(
                 crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX}
             )
         )
+    if cutout is not None:
+        steps.append(Cutout(*cutout))
     return v2.Compose(steps)
 
 

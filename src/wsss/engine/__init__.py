@@ -6,6 +6,7 @@ from wsss.engine.checkpoint import (
     load_model_state,
     load_training_state,
     load_weights,
+    read_weights,
     save_training_state,
 )
 from wsss.engine.device import resolve_device
@@ -70,6 +71,7 @@ __all__ = [
     "parse_shard",
     "poly_lr_lambda",
     "read_scalars",
+    "read_weights",
     "resolve_device",
     "restore_rng_state",
     "save_training_state",

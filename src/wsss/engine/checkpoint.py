@@ -185,14 +185,18 @@ def export_weights(path: str | os.PathLike, model: nn.Module, meta: dict[str, An
     return path, sidecar
 
 
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of an :func:`export_weights` file (CheckpointError naming it when unreadable)."""
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot read weights file {path}: {exc}") from exc
+
+
 def load_weights(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]:
     """Load an :func:`export_weights` file into ``model`` strictly; return its sidecar metadata."""
     path = Path(path)
-    try:
-        tensors = load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise CheckpointError(f"cannot read weights file {path}: {exc}") from exc
-    load_model_state(model, tensors, source=path)
+    load_model_state(model, read_weights(path), source=path)
     sidecar = path.with_suffix(".json")
     if not sidecar.exists():
         return {}

@@ -1,6 +1,7 @@
 """Training objectives. Importing this package fills ``METHODS`` (and ``LOSSES``)."""
 
 import wsss.losses.affinity  # fills LOSSES: psa_affinity
+import wsss.losses.amr  # fills METHODS: amr
 import wsss.losses.cam
 import wsss.losses.seam  # fills METHODS: seam
 import wsss.losses.seg  # noqa: F401  (fills LOSSES: ce, puf)

@@ -113,14 +113,20 @@ class LoadReport:
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     not_loaded: list[str] = field(default_factory=list)
+    # model tensors of layers the file cannot hold (modules inserted into a backbone, e.g. AMR's
+    # AMMs): absent by design, so listed here instead of in ``missing``/``not_loaded``
+    new_layers: list[str] = field(default_factory=list)
     stripped: int = 0  # keys renamed by strip_prefixes before loading (set by the caller)
 
     def counts(self) -> str:
-        return (
+        text = (
             f"{len(self.matched)}/{self.model_keys} model tensors matched, {len(self.missing)} missing, "
             f"{len(self.unexpected)} unexpected, {len(self.mismatched)} shape-mismatched, "
             f"{len(self.skipped)} skipped"
         )
+        if self.new_layers:
+            text += f", {len(self.new_layers)} of new (inserted) layers keep their initialisation"
+        return text
 
     def summary(self) -> str:
         text = f"{self.where}: {self.counts()}"
@@ -140,13 +146,15 @@ def load_weights(
     min_matched: int | float,
     skip: tuple[str, ...] = (),
     where: str = "checkpoint",
+    new_layers: tuple[str, ...] = (),
 ) -> LoadReport:
     """Copy every ``state`` tensor whose key and shape match into ``model``; report the rest.
 
     ``min_matched`` is an absolute number of model tensors (int) or a fraction of them
     (float in (0, 1]). ``skip`` lists key prefixes to leave out on purpose (e.g. heads trained
-    for another class set). Raises ``CheckpointError`` naming ``where`` and the counts when too
-    few tensors match; in that case the model is left unchanged.
+    for another class set); ``new_layers`` module-name prefixes of model layers the file is not
+    expected to hold (reported in ``new_layers``, not as missing). Raises ``CheckpointError``
+    naming ``where`` and the counts when too few tensors match; the model is then left unchanged.
     """
     own = model.state_dict()
     required = _required_count(min_matched, len(own))
@@ -160,9 +168,11 @@ def load_weights(
             report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
         else:
             report.matched.append(key)
-    report.missing = [k for k in own if k not in state]
     matched = set(report.matched)
-    report.not_loaded = [k for k in own if k not in matched]
+    report.new_layers = [k for k in own if k not in matched and _under_any(k, new_layers)]
+    new = set(report.new_layers)
+    report.missing = [k for k in own if k not in state and k not in new]
+    report.not_loaded = [k for k in own if k not in matched and k not in new]
     if len(report.matched) < required:
         raise CheckpointError(
             f"checkpoint '{where}' does not fit the model: {report.counts()}; "
@@ -171,6 +181,10 @@ def load_weights(
     model.load_state_dict({k: state[k] for k in report.matched}, strict=False)
     log.info("loaded %s", report.summary())
     return report
+
+
+def _under_any(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key.startswith(p + ".") for p in prefixes)
 
 
 def _required_count(min_matched: int | float, total: int) -> int:

@@ -38,6 +38,19 @@ class RunPaths:
     root: Path
 
     @property
+    def pretrain_dir(self) -> Path:
+        """The first classifier of a two-stage method (``pretrain-cls``; AMR's spotlight branch)."""
+        return self.root / "pretrain-cls"
+
+    @property
+    def pretrain_state(self) -> Path:
+        return self.pretrain_dir / "state.pt"
+
+    @property
+    def pretrain_weights(self) -> Path:
+        return self.pretrain_dir / "model.safetensors"
+
+    @property
     def classifier_dir(self) -> Path:
         return self.root / "train-cls"
 

@@ -3,10 +3,16 @@
 TransCAM/BNR protocol by default: AdamW with a constant lr over all parameters, BN in train
 mode, random resize-long + flip + colour jitter + crop; the IRN-style plain CAM uses poly SGD
 with 10× lr on its classifier. The loop (exact resume, DDP, AMP) is ``stages.training``.
+
+The functions take the recipe section they train (``classifier``, or ``pretrain`` for the
+``pretrain-cls`` stage of a two-stage method), so both stages are this one code path. With
+``classifier.init_from: pretrain`` the model receives the pretrain stage's weights through its
+``load_pretrained_stage`` before training (AMR: the frozen spotlight branch).
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +23,9 @@ from torch.utils.data import Dataset
 from wsss.config.schema import ClassifierConfig
 from wsss.data.heat_crops import HeatCropDataset
 from wsss.data.transforms import train_transform
-from wsss.engine import export_weights, load_weights, seed_everything
+from wsss.engine import export_weights, load_weights, read_weights, seed_everything
 from wsss.errors import ConfigError
+from wsss.losses.objective import Objective
 from wsss.registry import CAM_MODELS, METHODS
 from wsss.stages.context import StageContext
 from wsss.stages.training import train_loop
@@ -26,15 +33,36 @@ from wsss.stages.training import train_loop
 NAME = "train-cls"
 
 
+PRETRAIN = "pretrain"  # the recipe section the pretrain-cls stage trains
+
+
 def is_complete(ctx: StageContext) -> bool:
     return ctx.paths.classifier_weights.is_file()
 
 
-def build_classifier(ctx: StageContext, num_classes: int, *, pretrained: bool = True) -> nn.Module:
-    c = ctx.recipe.classifier
+def null_section(section: str) -> str:
+    """What to do when the section a stage trains is null."""
+    return (
+        f"stage pretrain-cls trains the recipe's '{section}' section, which is null; add a '{section}' "
+        "section (a classifier config, as 'classifier') or drop pretrain-cls from the stages"
+    )
+
+
+def section_config(ctx: StageContext, section: str = "classifier") -> ClassifierConfig:
+    """The recipe's ``classifier`` or ``pretrain`` section (ConfigError when ``pretrain`` is null)."""
+    cfg = getattr(ctx.recipe, section)
+    if cfg is None:
+        raise ConfigError(null_section(section))
+    return cfg
+
+
+def build_classifier(
+    ctx: StageContext, num_classes: int, *, pretrained: bool = True, section: str = "classifier"
+) -> nn.Module:
+    c = section_config(ctx, section)
     return CAM_MODELS.build(
         c.model,
-        where="classifier.model",
+        where=f"{section}.model",
         backbone=c.backbone,
         num_classes=num_classes,
         pretrained=c.pretrained if pretrained else None,
@@ -63,10 +91,12 @@ def heat_mask_folder(classifier: ClassifierConfig) -> Path:
     return Path(folder)
 
 
-def training_set(ctx: StageContext) -> Dataset:
+def training_set(ctx: StageContext, section: str = "classifier") -> Dataset:
     """The train split with the classifier's augmentation: random crops, or PMM's heat crops."""
-    r, c = ctx.recipe, ctx.recipe.classifier
+    r, c = ctx.recipe, section_config(ctx, section)
     if c.crops == "heat":
+        if c.cutout is not None:
+            raise ConfigError(f"{section}.cutout works with random crops only; set {section}.crops: random")
         return HeatCropDataset(
             ctx.dataset(r.data.train_split, with_masks=False),
             heat_mask_folder(c),
@@ -79,17 +109,72 @@ def training_set(ctx: StageContext) -> Dataset:
             authors_code=(c.compat or r.compat) == "authors_code",
         )
     transform = train_transform(
-        resize_long=c.resize_long, crop_size=c.crop_size, flip=c.flip, color_jitter=c.color_jitter
+        resize_long=c.resize_long,
+        crop_size=c.crop_size,
+        flip=c.flip,
+        color_jitter=c.color_jitter,
+        cutout=c.cutout,
     )
     return ctx.dataset(r.data.train_split, transform=transform, with_masks=False)
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
-    r, c = ctx.recipe, ctx.recipe.classifier
+def build_method(c: ClassifierConfig, compat: str, section: str = "classifier") -> Objective:
+    """The section's objective; a builder with a ``compat`` keyword gets the stage's compat (AMR's
+    CPS pairing) unless ``method_args`` sets it."""
+    kwargs = dict(c.method_args)
+    builder = METHODS.get(c.method, f"{section}.method")
+    if "compat" in inspect.signature(builder).parameters:
+        kwargs.setdefault("compat", compat)
+    return METHODS.build(c.method, where=f"{section}.method", **kwargs)
+
+
+def missing_pretrain(ctx: StageContext) -> str:
+    """What to do when ``classifier.init_from: pretrain`` finds no pretrain weights."""
+    return (
+        f"classifier.init_from is 'pretrain' but {ctx.paths.pretrain_weights} does not exist: the first "
+        f"training stage has not run in this run directory. Run it first (wsss run {ctx.recipe.name} "
+        f"--out {ctx.run_dir} --stages pretrain-cls), or keep pretrain-cls before train-cls in the stages"
+    )
+
+
+def init_from_pretrain(ctx: StageContext, model: nn.Module, section: str = "classifier") -> None:
+    """Hand the pretrain stage's weights to ``model.load_pretrained_stage`` when the section asks;
+    refuse a model that needs them (``needs_pretrained_stage``) when it does not."""
+    c = section_config(ctx, section)
+    if c.init_from is None:
+        if getattr(model, "needs_pretrained_stage", False):
+            raise ConfigError(
+                f"{section}.model '{c.model}' trains on top of a first, separately trained classifier "
+                f"(stage pretrain-cls); set {section}.init_from: pretrain, give the recipe a 'pretrain' "
+                "section and run pretrain-cls first"
+            )
+        return
+    if section == PRETRAIN:
+        raise ConfigError("pretrain.init_from must be null: pretrain-cls is the first training stage")
+    load = getattr(model, "load_pretrained_stage", None)
+    if not callable(load):
+        raise ConfigError(
+            f"{section}.init_from is '{c.init_from}' but {section}.model '{c.model}' takes no pretrained "
+            "stage (it has no load_pretrained_stage); set init_from: null"
+        )
+    path = ctx.paths.pretrain_weights
+    if not path.is_file():
+        raise ConfigError(missing_pretrain(ctx))
+    load(read_weights(path), source=str(path))
+    ctx.logger.info("%s: weights of the pretrain stage loaded from %s", section, path)
+
+
+def train_classifier(
+    ctx: StageContext, *, section: str, name: str, state_path: Path, weights_path: Path
+) -> dict[str, Any]:
+    """Train the recipe's ``section`` classifier and export it to ``weights_path``."""
+    r, c = ctx.recipe, section_config(ctx, section)
     seed_everything(r.seed)
-    ds = training_set(ctx)
-    model = build_classifier(ctx, ds.num_classes).to(ctx.device)
-    method = METHODS.build(c.method, where="classifier.method", **c.method_args)
+    ds = training_set(ctx, section)
+    model = build_classifier(ctx, ds.num_classes, section=section)
+    init_from_pretrain(ctx, model, section)
+    model = model.to(ctx.device)
+    method = build_method(c, c.compat or r.compat, section)
 
     def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x = batch["image"].to(ctx.device, non_blocking=True)
@@ -98,20 +183,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     metrics = train_loop(
         ctx,
-        name=NAME,
+        name=name,
         model=model,
         dataset=ds,
         cfg=c,
         step_fn=step,
-        state_path=ctx.paths.classifier_state,
+        state_path=state_path,
         ddp_static_graph=method.forwards_per_step > 1,
     )
     if ctx.dist.is_main:
         export_weights(
-            ctx.paths.classifier_weights,
+            weights_path,
             model,
             {
-                "stage": NAME,
+                "stage": name,
                 "model": c.model,
                 "backbone": c.backbone,
                 "classes": list(ds.class_names),
@@ -119,3 +204,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
             },
         )
     return metrics
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    return train_classifier(
+        ctx,
+        section="classifier",
+        name=NAME,
+        state_path=ctx.paths.classifier_state,
+        weights_path=ctx.paths.classifier_weights,
+    )

@@ -5,12 +5,17 @@ A backbone is a plain ``nn.Module`` that lists its feature levels in ``feature_i
 channels, stride relative to the input) and returns them all from ``forward_features`` as a
 dict. Heads pick the levels they need by name; ``output_stride`` and ``out_channels`` describe
 the last level.
+
+A backbone may also carry *inserted modules* (``BACKBONE_INSERTS`` entries such as AMR's AMM) after
+each block or each stage, so attention plug-ins extend the backbone instead of forking it. They are
+listed in ``insert_names``; ImageNet files do not hold them (reported as new layers), and they keep
+their own train/eval mode whatever the freezing rules say (see ``FreezableBackbone``).
 """
 
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +27,9 @@ from wsss.errors import CheckpointError, ConfigError
 from wsss.models.weights import LoadReport, load_checkpoint_file, load_weights, strip_prefixes
 
 TORCHVISION = "torchvision"  # ``pretrained`` value that downloads torchvision's ImageNet weights
+# Where a backbone inserts a BACKBONE_INSERTS module: after every residual block (before the
+# residual add, AMR's released code) or after every stage (the AMR paper's figure).
+INSERT_POSITIONS = ("block", "stage")
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     """Base class: subclasses set ``feature_info`` and implement ``forward_features``."""
 
     feature_info: tuple[FeatureInfo, ...] = ()
+    insert_names: tuple[str, ...] = ()  # submodule names of the inserted modules
 
     @abstractmethod
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
@@ -71,6 +80,11 @@ class FreezableBackbone(Backbone):
     ``configure_freezing`` at the end of ``__init__``. ``train()`` keeps frozen stages (and,
     with ``freeze_bn``, every BatchNorm) in eval mode; unlike IRN's override it still calls
     ``nn.Module.train`` so ``model.eval()`` really switches everything else to eval.
+
+    Inserted modules are new layers without ImageNet statistics, so ``freeze_bn`` and
+    ``freeze_bn_affine`` leave their BatchNorms alone and they follow the model's mode even inside
+    a frozen stage: there they get no gradient but normalise with batch statistics in training,
+    as the AMMs behind AMR's detached ``layer1`` do.
     """
 
     stage_modules: tuple[tuple[str, ...], ...] = ()
@@ -96,10 +110,18 @@ class FreezableBackbone(Backbone):
         for name in self.frozen_module_names():
             self.get_submodule(name).requires_grad_(False)
         if self.freeze_bn_affine:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.requires_grad_(False)
+            for module in self.backbone_norms():
+                module.requires_grad_(False)
         self.train(self.training)
+
+    def freeze_all(self) -> None:
+        """Freeze every stage (a branch that only supplies features, e.g. AMR's spotlight)."""
+        self.configure_freezing(len(self.stage_modules) - 1, self.freeze_bn, self.freeze_bn_affine)
+
+    def backbone_norms(self) -> Iterator[_BatchNorm]:
+        """The backbone's own BatchNorms (those of inserted modules excluded)."""
+        inserted = {id(m) for name in self.insert_names for m in self.get_submodule(name).modules()}
+        return (m for m in self.modules() if isinstance(m, _BatchNorm) and id(m) not in inserted)
 
     def frozen_module_names(self) -> tuple[str, ...]:
         """Submodule names of the frozen stages, stem first."""
@@ -111,10 +133,48 @@ class FreezableBackbone(Backbone):
             for name in self.frozen_module_names():
                 self.get_submodule(name).eval()
             if self.freeze_bn:
-                for module in self.modules():
-                    if isinstance(module, _BatchNorm):
-                        module.eval()
+                for module in self.backbone_norms():
+                    module.eval()
+        for name in self.insert_names:
+            self.get_submodule(name).train(mode)
         return self
+
+
+def check_insert_options(
+    owner: str,
+    insert: str | None,
+    insert_args: Mapping[str, Any] | None,
+    insert_at: str,
+    positions: tuple[str, ...] = INSERT_POSITIONS,
+) -> None:
+    """ConfigError naming the key when the insert options do not make sense for ``owner``."""
+    if insert is None:
+        if insert_args:
+            raise ConfigError(
+                f"{owner}: insert_args is given but insert is not; name the module to insert (e.g. insert: amm)"
+            )
+        return
+    if insert_at not in positions:
+        raise ConfigError(
+            f"{owner}: insert_at must be one of {', '.join(positions)}, got {insert_at!r}"
+            + ("" if positions == INSERT_POSITIONS else " (this backbone has no per-block insertion point)")
+        )
+    if insert_args and "channels" in insert_args:
+        raise ConfigError(
+            f"{owner}: insert_args may not set 'channels'; the backbone passes each insertion point's channel count"
+        )
+
+
+def build_insert(name: str, insert_args: Mapping[str, Any] | None, channels: int, owner: str) -> nn.Module:
+    """One ``BACKBONE_INSERTS`` module for a ``channels``-channel feature map."""
+    from wsss.registry import BACKBONE_INSERTS
+
+    module = BACKBONE_INSERTS.build(
+        name, where=f"{owner} insert '{name}' (insert_args)", channels=channels, **dict(insert_args or {})
+    )
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"backbone insert '{name}' built a {type(module).__name__}, not an nn.Module")
+    return module
 
 
 def build_cnn_backbone(
@@ -163,6 +223,8 @@ def load_backbone_weights(
     ``module.`` prefixes stripped) or ``"torchvision"``, which downloads ``torchvision_weights``
     through torchvision (needs internet; the only path that does). ``state`` (already read)
     overrides reading ``source``. ``skip`` lists key prefixes of heads to leave out (reported).
+    Tensors of inserted modules (``insert_names``) are not in ImageNet files: they are reported as
+    new layers and not required.
     """
     stripped = 0
     if state is None:
@@ -180,6 +242,10 @@ def load_backbone_weights(
                 ) from exc
         else:
             state, stripped = strip_prefixes(load_checkpoint_file(source))
-    report = load_weights(model, state, min_matched=len(loadable_keys(model)), skip=skip, where=source)
+    inserted = tuple(getattr(model, "insert_names", ()))
+    required = [k for k in loadable_keys(model) if not any(k.startswith(n + ".") for n in inserted)]
+    report = load_weights(
+        model, state, min_matched=len(required), skip=skip, where=source, new_layers=inserted
+    )
     report.stripped = stripped
     return report

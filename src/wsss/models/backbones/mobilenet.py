@@ -20,6 +20,10 @@ that loses its stride keeps the previous dilation. Any input size works: the gri
 Freezing follows the ResNet backbones (see ``wsss.models.backbones.resnet``): stage 0 is the
 stem (``features[0:2]``), stages 1/2/3 end at ``stage2``/``stage3``/``stage4``; defaults
 freeze the stem and fix BatchNorm statistics.
+
+``insert`` names a ``BACKBONE_INSERTS`` module placed after each feature level
+(``insert_at="stage"`` only: the inverted-residual blocks have no single post-norm point shared
+by all), so a CPU recipe can use AMR's AMM; keys ``inserts.stageN.*``.
 """
 
 from __future__ import annotations
@@ -27,12 +31,19 @@ from __future__ import annotations
 import logging
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 from torchvision import models as tvm
 
 from wsss.errors import CheckpointError, ConfigError
-from wsss.models.backbones.base import FeatureInfo, FreezableBackbone, load_backbone_weights
+from wsss.models.backbones.base import (
+    FeatureInfo,
+    FreezableBackbone,
+    build_insert,
+    check_insert_options,
+    load_backbone_weights,
+)
 from wsss.registry import BACKBONES
 
 log = logging.getLogger(__name__)
@@ -99,8 +110,12 @@ class MobileNetV2(FreezableBackbone):
         frozen_stages: int = 0,
         freeze_bn: bool = True,
         freeze_bn_affine: bool = False,
+        insert: str | None = None,
+        insert_args: dict[str, Any] | None = None,
+        insert_at: str = "stage",
     ) -> None:
         super().__init__()
+        check_insert_options("MobileNetV2", insert, insert_args, insert_at, positions=("stage",))
         if output_stride not in OUTPUT_STRIDES:
             raise ConfigError(
                 f"MobileNetV2 output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}"
@@ -123,17 +138,27 @@ class MobileNetV2(FreezableBackbone):
             FeatureInfo("stage3", 32, 8),
             FeatureInfo("stage4", 1280 if last_conv else 320, output_stride),
         )
+        self.inserts = nn.ModuleDict()  # after each level, keyed by its name
+        if insert is not None:
+            for info in self.feature_info:
+                self.inserts[info.name] = build_insert(insert, insert_args, info.channels, "MobileNetV2")
+            self.insert_names = tuple(f"inserts.{info.name}" for info in self.feature_info)
+            self.stage_modules = (
+                self.stage_modules[0],
+                *((*stage, name) for stage, name in zip(self.stage_modules[1:], self.insert_names)),
+            )
         self.configure_freezing(frozen_stages, freeze_bn, freeze_bn_affine)
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
+        ends = {STAGE2_END: "stage2", STAGE3_END: "stage3", len(self.features) - 1: "stage4"}
         for index, block in enumerate(self.features):
             x = block(x)
-            if index == STAGE2_END:
-                out["stage2"] = x
-            elif index == STAGE3_END:
-                out["stage3"] = x
-        out["stage4"] = x
+            name = ends.get(index)
+            if name is not None:
+                if name in self.inserts:
+                    x = self.inserts[name](x)
+                out[name] = x
         return out
 
 
@@ -145,6 +170,9 @@ def build_mobilenet_v2(
     frozen_stages: int = 0,
     freeze_bn: bool = True,
     freeze_bn_affine: bool = False,
+    insert: str | None = None,
+    insert_args: dict[str, Any] | None = None,
+    insert_at: str = "stage",
 ) -> MobileNetV2:
     """MobileNetV2; ``pretrained``: a weight file, ``"offline"`` (packaged file) or ``"torchvision"`` (download)."""
     model = MobileNetV2(
@@ -153,6 +181,9 @@ def build_mobilenet_v2(
         frozen_stages=frozen_stages,
         freeze_bn=freeze_bn,
         freeze_bn_affine=freeze_bn_affine,
+        insert=insert,
+        insert_args=insert_args,
+        insert_at=insert_at,
     )
     if pretrained is not None:
         source = pretrained

@@ -22,6 +22,12 @@ Freezing, as the IRN-family code does it (``jiwoon-ahn/irn``, SPU, AMR; seed_met
 IRN's own ResNet-50 makes ``layer4`` stride 1 *without* dilation; ``dilate=False`` reproduces
 that (same weights, smaller receptive field). The default dilates, as torchvision and DeepLab do.
 
+``insert`` names a ``BACKBONE_INSERTS`` module (built with each point's channel count) placed
+after every bottleneck's ``bn3``, before the residual add (``insert_at="block"``: AMR's released
+``resnet50(use_amm=True)``, 16 modules in ResNet-50) or after every ``layerN``
+(``insert_at="stage"``: the AMR paper's figure, 4 modules). Keys stay torchvision's, plus
+``layerN.i.insert.*`` or ``inserts.stageN.*``.
+
 Inputs of any size work: every stride-2 layer pads so that an H×W input gives
 ``ceil(H/s)×ceil(W/s)`` features at stride ``s``.
 """
@@ -30,13 +36,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor, nn
 from torchvision import models as tvm
 from torchvision.models import WeightsEnum
+from torchvision.models.resnet import Bottleneck
 
 from wsss.errors import ConfigError
-from wsss.models.backbones.base import FeatureInfo, FreezableBackbone, load_backbone_weights
+from wsss.models.backbones.base import (
+    FeatureInfo,
+    FreezableBackbone,
+    build_insert,
+    check_insert_options,
+    load_backbone_weights,
+)
 from wsss.registry import BACKBONES
 
 log = logging.getLogger(__name__)
@@ -55,6 +69,26 @@ DILATION_PATTERNS: dict[int, tuple[bool, bool, bool]] = {
 }
 
 
+class InsertedBottleneck(nn.Module):
+    """torchvision's Bottleneck (same submodules, same keys) with ``insert`` between ``bn3`` and
+    the residual add: out = ReLU(insert(bn3(conv3(·))) + residual), as AMR's released Bottleneck."""
+
+    def __init__(self, block: Bottleneck, insert: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = block.conv1, block.bn1
+        self.conv2, self.bn2 = block.conv2, block.bn2
+        self.conv3, self.bn3 = block.conv3, block.bn3
+        self.relu, self.downsample, self.stride = block.relu, block.downsample, block.stride
+        self.insert = insert
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.insert(self.bn3(self.conv3(out)))
+        return self.relu(out + identity)
+
+
 class ResNet(FreezableBackbone):
     """torchvision ResNet-50/101 without ``avgpool``/``fc``; levels ``stage1`` … ``stage4``."""
 
@@ -69,8 +103,12 @@ class ResNet(FreezableBackbone):
         frozen_stages: int = 0,
         freeze_bn: bool = True,
         freeze_bn_affine: bool = False,
+        insert: str | None = None,
+        insert_args: dict[str, Any] | None = None,
+        insert_at: str = "block",
     ) -> None:
         super().__init__()
+        check_insert_options(f"ResNet-{depth}", insert, insert_args, insert_at)
         if depth not in RESNET_DEPTHS:
             raise ConfigError(f"ResNet depth must be one of {sorted(RESNET_DEPTHS)}, got {depth}")
         if output_stride not in DILATION_PATTERNS:
@@ -95,15 +133,41 @@ class ResNet(FreezableBackbone):
         self.feature_info = tuple(
             FeatureInfo(f"stage{i + 1}", c, s) for i, (c, s) in enumerate(zip(channels, strides))
         )
+        self.inserts = nn.ModuleDict()  # between-stage inserts, keyed by level name
+        if insert is not None:
+            self._insert(insert, insert_args, insert_at, f"ResNet-{depth}")
         self.configure_freezing(frozen_stages, freeze_bn, freeze_bn_affine)
+
+    def _insert(self, insert: str, insert_args: dict[str, Any] | None, insert_at: str, owner: str) -> None:
+        """Place the inserted modules; a stage's inserts freeze with that stage."""
+        layers = (self.layer1, self.layer2, self.layer3, self.layer4)
+        names: list[str] = []
+        if insert_at == "block":
+            for k, layer in enumerate(layers, 1):
+                for i, block in enumerate(layer):
+                    module = build_insert(insert, insert_args, block.conv3.out_channels, owner)
+                    layer[i] = InsertedBottleneck(block, module)
+                    names.append(f"layer{k}.{i}.insert")
+        else:
+            for info in self.feature_info:
+                self.inserts[info.name] = build_insert(insert, insert_args, info.channels, owner)
+                names.append(f"inserts.{info.name}")
+            self.stage_modules = (
+                self.stage_modules[0],
+                *((f"layer{k}", f"inserts.stage{k}") for k in range(1, 5)),
+            )
+        self.insert_names = tuple(names)
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        s1 = self.layer1(x)
-        s2 = self.layer2(s1)
-        s3 = self.layer3(s2)
-        s4 = self.layer4(s3)
-        return {"stage1": s1, "stage2": s2, "stage3": s3, "stage4": s4}
+        out: dict[str, Tensor] = {}
+        for k, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), 1):
+            x = layer(x)
+            name = f"stage{k}"
+            if name in self.inserts:
+                x = self.inserts[name](x)
+            out[name] = x
+        return out
 
 
 def _undilate(layer: nn.Sequential) -> None:
@@ -121,6 +185,9 @@ def build_resnet(
     frozen_stages: int = 0,
     freeze_bn: bool = True,
     freeze_bn_affine: bool = False,
+    insert: str | None = None,
+    insert_args: dict[str, Any] | None = None,
+    insert_at: str = "block",
 ) -> ResNet:
     """A ResNet backbone; ``pretrained`` is a local weight file or ``"torchvision"`` (download)."""
     model = ResNet(
@@ -130,6 +197,9 @@ def build_resnet(
         frozen_stages=frozen_stages,
         freeze_bn=freeze_bn,
         freeze_bn_affine=freeze_bn_affine,
+        insert=insert,
+        insert_args=insert_args,
+        insert_at=insert_at,
     )
     if pretrained is not None:
         report = load_backbone_weights(
@@ -147,9 +217,23 @@ def build_resnet50(
     frozen_stages: int = 0,
     freeze_bn: bool = True,
     freeze_bn_affine: bool = False,
+    insert: str | None = None,
+    insert_args: dict[str, Any] | None = None,
+    insert_at: str = "block",
 ) -> ResNet:
     """ResNet-50 (IRN/SPU/AMR CAM backbone); ``pretrained``: weight file or ``"torchvision"``."""
-    return build_resnet(50, pretrained, output_stride, dilate, frozen_stages, freeze_bn, freeze_bn_affine)
+    return build_resnet(
+        50,
+        pretrained,
+        output_stride,
+        dilate,
+        frozen_stages,
+        freeze_bn,
+        freeze_bn_affine,
+        insert,
+        insert_args,
+        insert_at,
+    )
 
 
 @BACKBONES.register("resnet101")
@@ -160,6 +244,20 @@ def build_resnet101(
     frozen_stages: int = 0,
     freeze_bn: bool = True,
     freeze_bn_affine: bool = False,
+    insert: str | None = None,
+    insert_args: dict[str, Any] | None = None,
+    insert_at: str = "block",
 ) -> ResNet:
     """ResNet-101 (DeepLab-v2 segmentation backbone); ``pretrained``: weight file or ``"torchvision"``."""
-    return build_resnet(101, pretrained, output_stride, dilate, frozen_stages, freeze_bn, freeze_bn_affine)
+    return build_resnet(
+        101,
+        pretrained,
+        output_stride,
+        dilate,
+        frozen_stages,
+        freeze_bn,
+        freeze_bn_affine,
+        insert,
+        insert_args,
+        insert_at,
+    )

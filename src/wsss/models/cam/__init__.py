@@ -1,5 +1,6 @@
 """CAM networks selectable by name from ``wsss.registry.CAM_MODELS``."""
 
+import wsss.models.cam.amr  # fills CAM_MODELS: amr
 import wsss.models.cam.plain_cam  # fills CAM_MODELS: cam
 import wsss.models.cam.seam  # noqa: F401  (fills CAM_MODELS: seam)
 from wsss.models.cam.transcam import (

@@ -45,6 +45,12 @@ def _with_background(fg: Tensor) -> Tensor:
     return torch.cat([fg.new_zeros((fg.shape[0], 1, *fg.shape[2:])), fg], dim=1)
 
 
+def requiring_grad(features: Tensor) -> Tensor:
+    """``features`` as a graph node gradients can be taken at: unchanged when it already requires
+    grad (e.g. the input image does), else a detached leaf that does (a frozen backbone's output)."""
+    return features if features.requires_grad else features.detach().requires_grad_(True)
+
+
 class PlainCAM(nn.Module):
     """Backbone + ``classifier`` (1×1 conv, no bias, K = ``num_classes - 1`` outputs)."""
 
@@ -98,6 +104,20 @@ class PlainCAM(nn.Module):
         feats = self.backbone.forward_features(x)
         cam = _with_background(self.classifier(self.dropout(feats[self.feature_level])))
         return PlainCAMOutput(cam=cam, logits=cam.mean(dim=(2, 3)), features=feats)
+
+    def gradcam_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(f, maps): the feature map the class maps are computed from (B×C×h×w, always requiring
+        grad) and the raw foreground class maps W·f, B×K×h×w (no background channel, no dropout).
+        Maps rather than their GAP logits: AdvCAM scores a class by Σ ReLU(map), which weighs the
+        scales of a multi-scale sum differently from the mean a logit takes."""
+        with torch.enable_grad():
+            feats = requiring_grad(self.backbone.forward_features(x)[self.feature_level])
+            maps = F.conv2d(feats, self.classifier.weight)
+        return feats, maps
+
+    def gradcam_branches(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per branch (one here), what Grad-CAM/AdvCAM extractors differentiate: see ``gradcam_branch``."""
+        return [self.gradcam_branch(x)]
 
     def extract(self, x: Tensor, method: str = "cam") -> Tensor:
         """B×(1+K)×h×w maps at ``output_stride``: ``cam`` = ReLU(conv(f, W)), ``conv`` = raw conv(f, W)."""
