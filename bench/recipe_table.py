@@ -50,6 +50,7 @@ SYNTH_ROOT = "data/synth"
 # (column, stage in run.json, how to read the number from that stage's metrics)
 COLUMNS: list[tuple[str, str, tuple[str, ...]]] = [
     ("seeds, train, oracle", "eval-cams", ("splits", "train", "oracle_miou")),
+    ("seeds, train, GT-free thr.", "eval-cams", ("splits", "train", "miou_at_chosen")),
     ("seeds, val, thr. from train", "eval-cams", ("splits", "val", "miou_at_chosen")),
     ("pseudo-labels, train", "make-labels", ("miou",)),
     ("random walk, train", "random-walk", ("miou",)),
@@ -103,10 +104,20 @@ def share_cams(run_dir: Path, donors: dict[str, Path], key: str) -> None:
 
 
 def run_one(
-    spec: str, seed: int, out: Path, env: dict[str, str], overrides: list[str] | None = None, tag: str = ""
+    spec: str,
+    seed: int,
+    out: Path,
+    env: dict[str, str],
+    overrides: list[str] | None = None,
+    tag: str = "",
+    run: bool = True,
 ) -> dict:
-    """Run (or finish) one recipe (with its ``@`` overrides) at one seed; return its run.json."""
+    """Run (or finish) one recipe (with its ``@`` overrides) at one seed; return its run.json.
+
+    ``run=False`` only reads the run.json of an earlier run (``--no-run``)."""
     run_dir = run_dir_of(out, spec + tag, seed)
+    if not run:
+        return json.loads((run_dir / "run.json").read_text())
     recipe, own = split_spec(spec)
     cmd = [sys.executable, "-m", "wsss", "run", recipe, "--out", str(run_dir), "--set", f"seed={seed}"]
     for item in [*own, *(overrides or [])]:
@@ -157,6 +168,7 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=Path("runs/recipe-table"))
+    ap.add_argument("--no-run", action="store_true", help="only tabulate finished runs (no wsss run)")
     ap.add_argument(
         "--per-class", action="store_true", help="also per-class pseudo-label IoU (mean over seeds)"
     )
@@ -178,8 +190,9 @@ def main() -> None:
     for recipe in args.recipes:
         records = []
         for seed in args.seeds:
-            share_cams(run_dir_of(args.out, recipe, seed), donors, _cam_key(recipe, seed))
-            records.append(run_one(recipe, seed, args.out, env))
+            if not args.no_run:
+                share_cams(run_dir_of(args.out, recipe, seed), donors, _cam_key(recipe, seed))
+            records.append(run_one(recipe, seed, args.out, env, run=not args.no_run))
         cells = []
         for _, stage, path in COLUMNS:
             vals = [
@@ -218,7 +231,7 @@ def main() -> None:
     upper: list[float] = []
     if args.upper_bound:
         for seed in args.seeds:
-            rec = run_one(args.upper_bound, seed, args.out, env, GT_OVERRIDES, tag="-gt")
+            rec = run_one(args.upper_bound, seed, args.out, env, GT_OVERRIDES, tag="-gt", run=not args.no_run)
             upper.append(_dig(rec["stages"]["predict"]["metrics"], ("val", "miou")))
     print(f"mIoU %, mean ± std over seeds {', '.join(map(str, args.seeds))} (run directories in {args.out})")
     header = ["recipe", *[c[0] for c in COLUMNS], "threshold chosen on train", "all-background train / val"]
