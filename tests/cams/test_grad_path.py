@@ -4,7 +4,6 @@ CAMs normalised per branch before the fusion (AMR's order)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,11 @@ import pytest
 import torch
 
 from tests.cams.toys import ConvToy
+from tests.stage_context import cpu_context
 from wsss.cams.extractors import BoundExtractor, get_extractor
 from wsss.cams.files import load_cam
 from wsss.cams.inference import max_normalise, multiscale_cams
 from wsss.config import load_recipe
-from wsss.engine import init_distributed, resolve_device
 from wsss.errors import ConfigError
 from wsss.stages import make_cams
 from wsss.stages.context import StageContext
@@ -78,13 +77,7 @@ def _ctx(tmp_path: Path, *sets: str) -> StageContext:
     recipe = load_recipe(
         "synth/irn-nano", ["cams.scales=[1.0, 0.5]", "cams.stride=4", "cams.norm=max", *sets]
     )
-    return StageContext(
-        recipe=recipe,
-        run_dir=tmp_path / "run",
-        device=resolve_device("cpu"),
-        dist=init_distributed(),
-        logger=logging.getLogger("test"),
-    )
+    return cpu_context(recipe, tmp_path / "run")
 
 
 def _items() -> list[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.stage_context import cpu_context
 from wsss.cams.extractors import get_extractor
 from wsss.cams.files import load_cam
 from wsss.cams.inference import minmax_normalise, multiscale_cams
@@ -18,9 +18,7 @@ from wsss.cams.multicrop import multicrop_cams, multicrop_forwards
 from wsss.config import load_recipe
 from wsss.data.heat_crops import scaled_windows
 from wsss.data.synth import generate_synth
-from wsss.engine import init_distributed, resolve_device
 from wsss.stages import make_cams, train_cls
-from wsss.stages.context import StageContext
 
 
 class ConstantCam:
@@ -203,13 +201,7 @@ def test_make_cams_with_windows_writes_the_usual_files(tmp_path: Path) -> None:
         "cams.batch_images=2",
     ]
     recipe = load_recipe(recipe_file, sets)
-    ctx = StageContext(
-        recipe=recipe,
-        run_dir=tmp_path / "run",
-        device=resolve_device("cpu"),
-        dist=init_distributed(),
-        logger=logging.getLogger("test"),
-    )
+    ctx = cpu_context(recipe, tmp_path / "run")
     train_cls.run(ctx)
     assert make_cams.run(ctx)["written"] == 3
     ds = ctx.dataset("val")
@@ -238,13 +230,7 @@ def test_make_cams_with_windows_writes_the_usual_files(tmp_path: Path) -> None:
         assert np.allclose(rec.cams.astype(np.float32), want.numpy(), atol=2e-3)
         assert np.isclose(rec.cams.max(axis=(1, 2)), 1.0, atol=1e-3).all()
     # compat: authors_code switches make-cams to PMM's grid and shared counter
-    pmm_ctx = StageContext(
-        recipe=load_recipe(recipe_file, [*sets, "compat=authors_code"]),
-        run_dir=tmp_path / "run",
-        device=resolve_device("cpu"),
-        dist=init_distributed(),
-        logger=logging.getLogger("test"),
-    )
+    pmm_ctx = cpu_context(load_recipe(recipe_file, [*sets, "compat=authors_code"]), tmp_path / "run")
     make_cams.write_cams(pmm_ctx, model, [item], tmp_path / "pmm")
     rec = load_cam(tmp_path / "pmm" / f"{item['name']}.npz")
     kw = dict(window=48, window_stride=32, output_stride=getattr(model, "output_stride", 16), target_stride=4)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from tests.stage_context import cpu_context
 from wsss.config import load_recipe
 from wsss.data.base import TaggedImageDataset
 from wsss.data.heat_crops import (
@@ -25,11 +25,9 @@ from wsss.data.heat_crops import (
 from wsss.data.palette import read_label_png, write_label_png
 from wsss.data.synth import generate_synth
 from wsss.data.transforms import denormalize
-from wsss.engine import init_distributed, resolve_device
 from wsss.errors import ConfigError, DataError
 from wsss.pipeline import run_pipeline
 from wsss.stages import train_cls
-from wsss.stages.context import StageContext
 
 # ----------------------------------------------------------------------------- window grid
 
@@ -222,16 +220,6 @@ def test_missing_rough_mask_names_the_file(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- train-cls wiring
 
 
-def _ctx(recipe, run_dir: Path) -> StageContext:
-    return StageContext(
-        recipe=recipe,
-        run_dir=run_dir,
-        device=resolve_device("cpu"),
-        dist=init_distributed(),
-        logger=logging.getLogger("test"),
-    )
-
-
 def test_heat_masks_must_be_a_folder(tmp_path: Path) -> None:
     def cfg(*sets: str):
         return load_recipe("synth/bnr-nano", ["classifier.crops=heat", *sets]).classifier
@@ -268,13 +256,13 @@ def test_train_cls_trains_on_heat_crops(tmp_path: Path) -> None:
         "classifier.batch_size=4",
         "classifier.num_workers=0",
     ]
-    ctx = _ctx(load_recipe("synth/bnr-nano", sets), tmp_path / "run")
+    ctx = cpu_context(load_recipe("synth/bnr-nano", sets), tmp_path / "run")
     ds = train_cls.training_set(ctx)
     assert isinstance(ds, HeatCropDataset) and ds.scales == [1.0, 1.5] and ds.stride == 24
     item = ds[0]
     assert item["image"].shape == (3, 48, 48) and (item["labels"] <= torch.from_numpy(ds.labels[0])).all()
     # compat: authors_code (recipe-wide or the classifier's own) switches to PMM's grid and draws
-    pmm = _ctx(load_recipe("synth/bnr-nano", [*sets, "compat=authors_code"]), tmp_path)
+    pmm = cpu_context(load_recipe("synth/bnr-nano", [*sets, "compat=authors_code"]), tmp_path)
     assert not ds.authors_code and train_cls.training_set(pmm).authors_code
     metrics = train_cls.run(ctx)
     assert metrics["steps"] == 2 and ctx.paths.classifier_weights.is_file()

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.stage_context import cpu_context
 from wsss.cli import main
 from wsss.config import load_recipe, recipe_names
 from wsss.data.synth import generate_synth
-from wsss.engine import init_distributed, resolve_device
 from wsss.errors import ConfigError
 from wsss.pipeline import run_pipeline
 from wsss.stages import train_cls
-from wsss.stages.context import StageContext
 
 TINY = [
     "pretrain.pretrained=null",
@@ -49,16 +47,6 @@ def _overrides(root: Path, *extra: str) -> list[str]:
     return [f"data.root={root}", *TINY, *extra]
 
 
-def _ctx(recipe, run_dir: Path) -> StageContext:
-    return StageContext(
-        recipe=recipe,
-        run_dir=run_dir,
-        device=resolve_device("cpu"),
-        dist=init_distributed(),
-        logger=logging.getLogger("test"),
-    )
-
-
 def test_stage_two_without_stage_one_fails_before_any_work(synth_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     recipe = load_recipe("synth/amr-nano", _overrides(synth_root))
@@ -69,14 +57,14 @@ def test_stage_two_without_stage_one_fails_before_any_work(synth_root: Path, tmp
     with pytest.raises(ConfigError, match=missing):  # pretrain-cls after train-cls is no help
         run_pipeline(recipe, run, stages=["train-cls", "pretrain-cls"], device="cpu")
     with pytest.raises(ConfigError, match=missing):  # the stage itself refuses too
-        train_cls.run(_ctx(recipe, run))
+        train_cls.run(cpu_context(recipe, run))
     assert not (run / "train-cls" / "state.pt").exists()
 
 
 def test_amr_without_its_first_stage_is_refused(synth_root: Path, tmp_path: Path) -> None:
     recipe = load_recipe("synth/amr-nano", _overrides(synth_root, "classifier.init_from=null"))
     with pytest.raises(ConfigError, match=r"classifier\.init_from: pretrain.*run pretrain-cls first"):
-        train_cls.run(_ctx(recipe, tmp_path / "run"))
+        train_cls.run(cpu_context(recipe, tmp_path / "run"))
     no_section = load_recipe("synth/amr-nano", _overrides(synth_root, "pretrain=null"))
     with pytest.raises(ConfigError, match="'pretrain' section, which is null"):
         run_pipeline(no_section, tmp_path / "run", device="cpu")
@@ -90,7 +78,7 @@ def test_amr_without_its_first_stage_is_refused(synth_root: Path, tmp_path: Path
     (tmp_path / "plain" / "pretrain-cls").mkdir(parents=True)
     (tmp_path / "plain" / "pretrain-cls" / "model.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError, match="takes no pretrained stage"):
-        train_cls.run(_ctx(plain, tmp_path / "plain"))
+        train_cls.run(cpu_context(plain, tmp_path / "plain"))
 
 
 def test_wsss_run_trains_both_stages_and_hands_the_spotlight_over(synth_root: Path, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.stage_context import cpu_context
 from wsss.cams.files import load_cam
 from wsss.config import load_recipe
 from wsss.data.palette import write_label_png
 from wsss.data.synth import generate_synth
-from wsss.engine import init_distributed, resolve_device
 from wsss.errors import ConfigError, DataError
 from wsss.pipeline import run_pipeline, splits_to_check
 from wsss.stages import make_cams, train_cls
-from wsss.stages.context import StageContext
 
 TINY = [
     "stages=[train-cls, make-cams, eval-cams, make-labels]",
@@ -42,17 +40,6 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _recipe(root: Path, *extra: str):
     return load_recipe("synth/bnr-nano", [f"data.root={root}", *TINY, *extra])
-
-
-def _ctx(recipe, run_dir: Path, shard=None) -> StageContext:
-    return StageContext(
-        recipe=recipe,
-        run_dir=run_dir,
-        device=resolve_device("cpu"),
-        dist=init_distributed(),
-        logger=logging.getLogger("test"),
-        shard=shard,
-    )
 
 
 def test_pipeline_outputs_and_skip(synth_root: Path, tmp_path: Path) -> None:
@@ -97,11 +84,11 @@ def test_changed_recipe_is_refused(synth_root: Path, tmp_path: Path) -> None:
 
 def test_resume_reproduces_uninterrupted_weights(synth_root: Path, tmp_path: Path) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train_cls.run(_ctx(_recipe(synth_root, "classifier.epochs=2"), straight))
+    train_cls.run(cpu_context(_recipe(synth_root, "classifier.epochs=2"), straight))
     # "interrupted" after epoch 1: the state file holds epoch 1; a rerun continues from it
-    train_cls.run(_ctx(_recipe(synth_root, "classifier.epochs=1"), resumed))
+    train_cls.run(cpu_context(_recipe(synth_root, "classifier.epochs=1"), resumed))
     assert torch.load(resumed / "train-cls" / "state.pt", weights_only=True)["epoch"] == 1
-    train_cls.run(_ctx(_recipe(synth_root, "classifier.epochs=2"), resumed))
+    train_cls.run(cpu_context(_recipe(synth_root, "classifier.epochs=2"), resumed))
     a = load_file(straight / "train-cls" / "model.safetensors")
     b = load_file(resumed / "train-cls" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -112,18 +99,18 @@ def test_shards_cover_the_split_identically(synth_root: Path, tmp_path: Path) ->
     # 6 images in groups of 2: shard 0 of 2 takes groups 0 and 2 (4 images), shard 1 group 1
     recipe = _recipe(synth_root, "classifier.epochs=1", "cams.splits=[val]", "cams.batch_images=2")
     full, sharded = tmp_path / "full", tmp_path / "sharded"
-    train_cls.run(_ctx(recipe, full))
+    train_cls.run(cpu_context(recipe, full))
     sharded.mkdir()
     (sharded / "train-cls").mkdir()
     for f in ("model.safetensors", "model.json"):
         (sharded / "train-cls" / f).write_bytes((full / "train-cls" / f).read_bytes())
-    make_cams.run(_ctx(recipe, full))
-    make_cams.run(_ctx(recipe, sharded, shard=(0, 2)))
-    assert not make_cams.is_complete(_ctx(recipe, sharded))
+    make_cams.run(cpu_context(recipe, full))
+    make_cams.run(cpu_context(recipe, sharded, shard=(0, 2)))
+    assert not make_cams.is_complete(cpu_context(recipe, sharded))
     names = [p.stem for p in sorted((full / "cams").glob("*.npz"))]  # the val list is in name order
     assert sorted(p.stem for p in (sharded / "cams").glob("*.npz")) == names[:2] + names[4:]
-    make_cams.run(_ctx(recipe, sharded, shard=(1, 2)))
-    assert make_cams.is_complete(_ctx(recipe, sharded))
+    make_cams.run(cpu_context(recipe, sharded, shard=(1, 2)))
+    assert make_cams.is_complete(cpu_context(recipe, sharded))
     for path in (full / "cams").glob("*.npz"):
         a, b = load_cam(path), load_cam(sharded / "cams" / path.name)
         assert np.array_equal(a.cams, b.cams) and np.array_equal(a.keys, b.keys)
@@ -236,7 +223,7 @@ def test_a_mask_of_the_wrong_size_fails_before_any_work(tmp_path: Path) -> None:
 def test_the_data_check_reads_only_splits_that_stages_still_to_run_read(tmp_path: Path) -> None:
     _synth_with_bad_mask(tmp_path / "data", "synth_val_000002")
     recipe = _recipe(tmp_path / "data", "cams.splits=[train, val]", "predict.splits=[val]")
-    ctx = _ctx(recipe, tmp_path / "run")
+    ctx = cpu_context(recipe, tmp_path / "run")
     assert splits_to_check(ctx, ["train-cls"]) == ["train"]  # the bad val mask does not stop it
     assert splits_to_check(ctx, ["train-cls", "make-cams", "predict"]) == ["train", "val"]
     (tmp_path / "run" / "train-cls").mkdir(parents=True)

@@ -3,7 +3,6 @@ process trained on the same global batches."""
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -13,9 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from tests.stage_context import cpu_context
 from wsss.config import recipe_from_dict
-from wsss.engine import init_distributed, resolve_device
-from wsss.stages.context import StageContext
 from wsss.stages.training import train_loop
 
 N = 8  # samples; batch = N, so every step's global batch is the whole dataset in any order
@@ -39,13 +37,7 @@ def _train(run_dir: Path) -> dict[str, torch.Tensor]:
     cfg = recipe.classifier
     cfg.epochs, cfg.batch_size, cfg.num_workers = 4, N, 0
     cfg.optimizer, cfg.schedule, cfg.lr, cfg.weight_decay = "sgd", "poly", 0.1, 0.0
-    ctx = StageContext(
-        recipe=recipe,
-        run_dir=run_dir,
-        device=resolve_device("cpu"),
-        dist=init_distributed(),
-        logger=logging.getLogger("test"),
-    )
+    ctx = cpu_context(recipe, run_dir)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
 
