@@ -37,8 +37,10 @@ DEFAULT_RECIPES = [
     "synth/transcam-nano",
     "synth/bnr-pmm",
     "synth/bnr-pmm@labels.mode_args={alpha: 11.0}",
+    "synth/pmm-nano@labels.mode_args={alpha: 11.0}",
     "synth/pmm-nano",
     "synth/irn-nano",
+    "synth/amr-nano",
     "coco128/cam-mobilenet",
     "coco128/ppg-mobilenet",
 ]
@@ -201,7 +203,7 @@ def main() -> None:
         )
     rows = []
     per_class: dict[str, dict[str, list[float]]] = {}
-    ratios: dict[str, list[float]] = {}
+    ratios: dict[str, dict[str, list[float]]] = {}
     donors: dict[str, Path] = {}
     for recipe in args.recipes:
         records = []
@@ -222,17 +224,18 @@ def main() -> None:
             _dig(r["stages"].get("eval-cams", {}).get("metrics", {}), ("chosen_threshold",)) for r in records
         ]
         cells.append(", ".join(f"{t:.2f}" for t in thresholds if t is not None) or "—")
-        finals = []
-        for r in records:
-            last = _dig(r["stages"].get("cycle-seg", {}).get("metrics", {}), ("val", "miou"))
-            last = (
-                last
-                if last is not None
-                else _dig(r["stages"].get("predict", {}).get("metrics", {}), ("val", "miou"))
+        # the weakly supervised segmentation numbers, for the weak / full ratios
+        ratios[recipe] = {
+            column: vals
+            for column, stage in (("segmentation", "predict"), ("cyclic round", "cycle-seg"))
+            if (
+                vals := [
+                    v
+                    for r in records
+                    if (v := _dig(r["stages"].get(stage, {}).get("metrics", {}), ("val", "miou"))) is not None
+                ]
             )
-            if last is not None:
-                finals.append(last)
-        ratios[recipe] = finals
+        }
         for r in records:
             ious = r["stages"].get("make-labels", {}).get("metrics", {}).get("per_class_iou", {})
             for cls, v in ious.items():
@@ -278,11 +281,12 @@ def main() -> None:
         mean_upper = statistics.mean(upper)
         print(
             f"\nfully supervised upper bound ({args.upper_bound}'s segmentation trained on ground truth), "
-            f"val: {fmt(upper)}; weak / full ratio of the last segmentation column:"
+            f"val: {fmt(upper)}; weak / full ratio (mean weak mIoU / mean upper bound):"
         )
-        for recipe, records in ratios.items():
-            if records:
-                print(f"  {recipe}: {statistics.mean(records) / mean_upper:.2f}")
+        for recipe, columns in ratios.items():
+            if columns:
+                cells = [f"{c} {statistics.mean(v) / mean_upper:.2f}" for c, v in columns.items()]
+                print(f"  {recipe}: " + ", ".join(cells))
 
 
 if __name__ == "__main__":
