@@ -295,6 +295,16 @@ def check_data(ctx: StageContext, stages: list[str]) -> None:
             ", ".join(splits),
             time.time() - t0,
         )
+    if ctx.recipe.data.train_split in splits and ctx.dist.is_main:
+        log_tag_warnings(ctx, ctx.dataset(ctx.recipe.data.train_split))
+
+
+def log_tag_warnings(ctx: StageContext, ds: Any) -> None:
+    """Say before training when the training tags cannot localise a class (wsss.data.diagnostics)."""
+    from wsss.data.diagnostics import tag_report
+
+    for warning in tag_report(ds.labels, ds.class_names[1:]).warnings:
+        ctx.logger.warning("training tags (%s): %s", ctx.recipe.data.train_split, warning)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

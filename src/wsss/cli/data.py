@@ -171,29 +171,43 @@ def _class_table(class_names: tuple[str, ...], counts: Any) -> str:
     )
 
 
+def _size_line(sizes: list[tuple[int, int]]) -> str:
+    """Smallest, median and largest image (by area), W×H as everywhere in wsss."""
+    by_area = sorted(sizes, key=lambda hw: hw[0] * hw[1])
+    pick = [by_area[0], by_area[len(by_area) // 2], by_area[-1]]
+    smallest, median, largest = (f"{w}×{h}" for h, w in pick)
+    return f"image sizes (W×H): smallest {smallest}, median {median}, largest {largest}"
+
+
 def _run_check(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     ds = _build_dataset(args, with_masks=True)
+    from wsss.data.diagnostics import tag_report
+
     errors: list[str] = []
+    sizes: list[tuple[int, int]] = []
     for i in tqdm(range(len(ds)), desc="checking", unit="img", disable=args.no_progress):
         try:
-            ds[i]
+            sizes.append(tuple(ds[i]["image"].shape[-2:]))
         except DataError as exc:
             errors.append(str(exc))
-    counts = ds.class_image_counts()
+    report = tag_report(ds.labels, ds.class_names[1:])
     print(
         f"{ds.source}: {len(ds)} images, {ds.num_classes} classes incl. background, masks: "
         f"{'yes' if ds.has_masks else 'no'}"
     )
-    print("images per class:")
-    print(_class_table(ds.class_names, counts))
-    empty = [c for c, n in zip(ds.class_names[1:], counts) if n == 0]
-    if empty:
-        print(f"warning: no image is tagged with {', '.join(empty)}")
-    untagged = int((ds.labels.sum(axis=1) == 0).sum())
-    if untagged:
-        print(f"note: {untagged} images have no foreground tag (background only)")
+    if sizes:
+        print(_size_line(sizes))
+    print("images per class (tagged, share of all images):")
+    print(report.table())
+    if report.pairs:
+        print("tags that come together most:")
+        print("\n".join(report.pair_lines()))
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    if report.untagged:
+        print(f"note: {report.untagged} images have no foreground tag (background only)")
     if errors:
         shown = "\n  ".join(errors[:10])
         more = f"\n  … and {len(errors) - 10} more" if len(errors) > 10 else ""
