@@ -296,15 +296,20 @@ def check_data(ctx: StageContext, stages: list[str]) -> None:
             time.time() - t0,
         )
     if ctx.recipe.data.train_split in splits and ctx.dist.is_main:
-        log_tag_warnings(ctx, ctx.dataset(ctx.recipe.data.train_split))
+        log_training_tags(ctx, ctx.dataset(ctx.recipe.data.train_split))
 
 
-def log_tag_warnings(ctx: StageContext, ds: Any) -> None:
-    """Say before training when the training tags cannot localise a class (wsss.data.diagnostics)."""
+def log_training_tags(ctx: StageContext, ds: Any) -> None:
+    """Log the training split's tag shares, and warn when its tags cannot localise a class."""
     from wsss.data.diagnostics import tag_report
 
-    for warning in tag_report(ds.labels, ds.class_names[1:]).warnings:
-        ctx.logger.warning("training tags (%s): %s", ctx.recipe.data.train_split, warning)
+    report = tag_report(ds.labels, ds.class_names[1:])
+    n = max(report.num_images, 1)
+    shares = ", ".join(f"{c} {k} ({100 * k / n:.0f} %)" for c, k in zip(report.class_names, report.counts))
+    split = ctx.recipe.data.train_split
+    ctx.logger.info("training tags (%s): %d images; per class: %s", split, report.num_images, shares)
+    for warning in report.warnings:
+        ctx.logger.warning("training tags (%s): %s", split, warning)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from wsss.cli import data as data_cli
 from wsss.data.diagnostics import tag_report
-from wsss.pipeline import log_tag_warnings
+from wsss.pipeline import log_training_tags
 
 CLASSES = ("sky", "boat", "sail", "gull", "tern", "whale")
 
@@ -74,11 +74,16 @@ def test_runs_log_the_warnings_of_their_training_tags(caplog: pytest.LogCaptureF
     ctx = SimpleNamespace(
         recipe=SimpleNamespace(data=SimpleNamespace(train_split="train")), logger=logging.getLogger("t")
     )
-    with caplog.at_level(logging.WARNING, logger="t"):
-        log_tag_warnings(ctx, ds)
-    assert len(caplog.records) == 2
-    assert all(r.message.startswith("training tags (train): ") for r in caplog.records)
-    assert any("'sky' is tagged on 9 of 10 images" in r.message for r in caplog.records)
+    with caplog.at_level(logging.INFO, logger="t"):
+        log_training_tags(ctx, ds)
+    info = [r.message for r in caplog.records if r.levelno == logging.INFO]
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert info == [
+        "training tags (train): 10 images; per class: sky 9 (90 %), boat 6 (60 %), sail 7 (70 %), "
+        "gull 2 (20 %), tern 2 (20 %), whale 0 (0 %)"
+    ]
+    assert len(warnings) == 2 and all(w.startswith("training tags (train): ") for w in warnings)
+    assert any("'sky' is tagged on 9 of 10 images" in w for w in warnings)
 
 
 def test_data_check_prints_sizes_shares_pairs_and_warnings(tmp_path, capsys) -> None:
