@@ -151,3 +151,31 @@ def test_cam_split_and_predicted_split_get_their_own_pictures(tmp_path: Path) ->
     # val: 3 evenly spaced of 4 images are ranked (a, c, d): the worst is d, the best a
     assert "ranked among 3 (evenly spaced) of 4 images" in page
     assert _grid_names(page, "val-worst") == ["d"] and _grid_names(page, "val-best") == ["a"]
+
+
+def test_report_shows_stage_warnings_and_the_cam_value_histogram(run_dir: Path) -> None:
+    """eval-cams' CAM statistics (computed here from the run's own CAM files) reach the page."""
+    import json
+
+    from wsss.eval.cam_stats import cam_value_stats
+
+    values = cam_value_stats(run_dir / "cams", ["a", "b", "c", "d"], ("background", "cat", "dog"), 0.1)
+    # each 32×32 map is 1.0 on a 16×16 square: a quarter of the pixels above any threshold < 1
+    assert values["foreground_share"] == 0.25 and values["warnings"] == []
+    values["warnings"] = ["the CAMs are flat: <made up> for this test"]
+    record = json.loads((run_dir / "run.json").read_text())
+    record["stages"]["eval-cams"] = {"seconds": 0.1, "metrics": {"warnings": values["warnings"]}}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    (run_dir / "eval" / "cams.json").write_text(
+        json.dumps({"summary": {"cam_values": values}, "details": {}})
+    )
+    page = render_report(run_dir, n_sample=1, n_extreme=0)
+    warnings = re.search(r'<ul id="warnings" class="warn">(.*?)</ul>', page, re.S).group(1)
+    assert warnings == "<li><b>eval-cams</b>: the CAMs are flat: &lt;made up&gt; for this test</li>"
+    assert 'alt="cam_values"' in page
+    histogram = _images(page)[0]  # the curves come before the pictures
+    assert histogram.width > 200 and histogram.height > 200
+
+
+def test_a_run_without_warnings_has_no_warning_list(run_dir: Path) -> None:
+    assert 'id="warnings"' not in render_report(run_dir, n_sample=1, n_extreme=0)

@@ -90,7 +90,36 @@ def threshold_curves(eval_dir: Path) -> list[tuple[str, bytes]]:
             out.append((f"threshold_curve_{split}", figure_png(fig)))
     if not out:
         out = [(p.stem, p.read_bytes()) for p in sorted(eval_dir.glob("threshold_curve_*.png"))]
+    values = (saved.get("summary") or {}).get("cam_values")
+    if isinstance(values, dict) and sum(values.get("histogram") or []):
+        out.append(("cam_values", figure_png(cam_value_figure(values))))
     return out
+
+
+def cam_value_figure(values: dict[str, Any]) -> Figure:
+    """The distribution of the tagged classes' CAM values (``wsss.eval.cam_stats``), with the
+    threshold the labels use: flat maps show as mass piled up on the right of it."""
+    hist = values["histogram"]
+    total = max(sum(hist), 1)
+    width = 1.0 / len(hist)
+    fig = Figure(figsize=FIGSIZE)
+    ax = fig.add_subplot(1, 1, 1)
+    lefts = [i * width for i in range(len(hist))]
+    ax.bar(lefts, [100.0 * h / total for h in hist], width=width, align="edge", color="tab:blue")
+    t, share = values.get("threshold"), values.get("foreground_share")
+    if t is not None:
+        label = f"threshold {t:.2f}" + (
+            f": {100 * share:.0f} % of pixels foreground" if share is not None else ""
+        )
+        gt = values.get("gt_foreground_share")
+        label += f" (ground truth {100 * gt:.0f} %)" if gt is not None else ""
+        ax.axvline(t, color="tab:red", linewidth=2, label=label)
+        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.16), frameon=False, fontsize=9)
+    ax.set_xlabel(f"CAM value ('{values.get('norm')}' normalised) of a tagged class")
+    ax.set_ylabel("share of pixels (%)")
+    ax.set_title(f"CAM values, {values.get('images')} images")
+    ax.grid(True, alpha=0.3)
+    return fig
 
 
 def step_losses(metrics_file: Path) -> dict[str, list[tuple[int, float]]]:

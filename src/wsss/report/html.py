@@ -32,6 +32,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1280px}
 h1{font-size:1.5em;margin-bottom:0}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
 .meta{color:#555;margin-top:4px}
+.warn{color:#b00020}
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f0f0f0}td.l,th.l{text-align:left}th[colspan]{text-align:center}
 .grid td{text-align:center;vertical-align:top;padding:2px}.grid img{display:block;width:144px;height:auto;image-rendering:pixelated}
@@ -64,6 +65,17 @@ def _not_scored(metrics: dict[str, Any]) -> list[str]:
         elif isinstance(why, dict):
             reasons += [f"{split}: {text}" for split, text in why.items()]
     return list(dict.fromkeys(reasons))
+
+
+def _warnings(record: dict[str, Any]) -> str:
+    """The stages' warnings (e.g. flat CAMs), in red under the stage table: a number that looks
+    plausible must not hide that the maps behind it are unusable."""
+    items = [
+        f"<li><b>{_e(stage)}</b>: {_e(w)}</li>"
+        for stage, info in record.get("stages", {}).items()
+        for w in ((info.get("metrics") or {}).get("warnings") or [])
+    ]
+    return f'<ul id="warnings" class="warn">{"".join(items)}</ul>' if items else ""
 
 
 def _summary_table(record: dict[str, Any], results: list[Result]) -> str:
@@ -325,7 +337,7 @@ def render_report(run_dir: Path, **gallery_kwargs: Any) -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>wsss report: {_e(recipe.name)}</title><style>{_CSS}</style></head><body>"
         f'<h1>wsss report: {_e(recipe.name)}</h1><p class="meta">{meta}</p>'
-        f"<h2>Stages</h2>{_summary_table(record, results)}"
+        f"<h2>Stages</h2>{_summary_table(record, results)}{_warnings(record)}"
         f"<h2>Per-class IoU (%)</h2>{_per_class_table(results)}"
         f"<h3>Precision / recall (%) of each scored output</h3>"
         f"{_precision_recall_table(run_dir / 'eval')}"

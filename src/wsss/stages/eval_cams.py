@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from wsss.cams.files import is_complete as cam_file_complete
+from wsss.eval.cam_stats import cam_value_stats
 from wsss.eval.plot import plot_threshold_curve
 from wsss.eval.runner import evaluate_cam_dir
 from wsss.files import write_json
@@ -84,6 +85,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             title=f"CAM seed mIoU vs background threshold ({split})",
         )
         results[split] = res
+    values = _cam_values(ctx, chosen)
     summary = {
         "chosen_threshold": chosen,
         "chosen_from": chosen_from,
@@ -100,6 +102,24 @@ def run(ctx: StageContext) -> dict[str, Any]:
             for s, res in results.items()
         },
         "not_scored": not_scored,
+        "cam_values": values,
+        "warnings": values["warnings"] if values else [],
     }
     write_json(ctx.paths.eval_dir / "cams.json", {"summary": summary, "details": results})
     return summary
+
+
+def _cam_values(ctx: StageContext, threshold: float | None) -> dict[str, Any] | None:
+    """CAM value statistics of the seed-evaluation split (no ground truth needed), warnings logged."""
+    split = ctx.recipe.data.seed_eval_split
+    ds = ctx.dataset(split)
+    folder = ctx.paths.cam_dir
+    if not all(cam_file_complete(folder / f"{n}.npz") for n in ds.names):
+        return None
+    gt = ctx.gt_dataset(split)
+    stats = cam_value_stats(
+        folder, ds.names, ds.class_names, threshold, gt.mask_path(0).parent if gt is not None else None
+    )
+    for warning in stats["warnings"]:
+        ctx.logger.warning("%s (%s): %s", NAME, split, warning)
+    return stats

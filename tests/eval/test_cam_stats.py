@@ -1,0 +1,68 @@
+"""CAM value statistics: flat maps and over-eager thresholds are named, peaked maps pass quietly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsss.cams.files import save_cam
+from wsss.data.palette import write_label_png
+from wsss.eval.cam_stats import BINS, cam_value_stats
+
+CLASSES = ("background", "cat", "dog")
+
+
+def _write(tmp_path: Path, name: str, cams: np.ndarray, keys: list[int], mask: np.ndarray) -> None:
+    save_cam(tmp_path / "cams" / f"{name}.npz", cams, keys, cams.shape[1:], norm="minmax")
+    write_label_png(tmp_path / "masks" / f"{name}.png", mask)
+
+
+def peaked(tmp_path: Path) -> None:
+    """Two 10×10 images: a cat map 0.91 on 10 pixels and 0.05 elsewhere; GT: the same 10 pixels."""
+    for i in range(2):
+        cam = np.full((1, 10, 10), 0.05, np.float32)
+        cam[0, i, :] = 0.91  # float16 on disk: 0.9 would round into the bin below
+        mask = np.zeros((10, 10), np.uint8)
+        mask[i, :] = 1
+        _write(tmp_path, f"p{i}", cam, [1], mask)
+
+
+def test_peaked_maps_give_their_shares_and_no_warning(tmp_path: Path) -> None:
+    peaked(tmp_path)
+    stats = cam_value_stats(tmp_path / "cams", ["p0", "p1"], CLASSES, 0.5, tmp_path / "masks")
+    assert stats["warnings"] == []
+    assert stats["foreground_share"] == pytest.approx(0.1)
+    assert stats["gt_foreground_share"] == pytest.approx(0.1)
+    hist = np.array(stats["histogram"])
+    assert hist.sum() == 200 and hist[int(0.05 * BINS)] == 180 and hist[int(0.91 * BINS)] == 20
+    cat = stats["per_class"]["cat"]
+    # 90 % of the values are 0.05 (bin [0.04, 0.06)); the quantile is the bin's upper edge
+    assert cat["values"] == 200 and cat["p10"] == cat["p50"] == cat["p90"] == pytest.approx(0.06)
+    assert "dog" not in stats["per_class"]  # no image is tagged dog
+    assert stats["norm"] == "minmax" and stats["images"] == 2
+
+
+def test_flat_maps_and_a_low_threshold_are_both_named(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cams = rng.uniform(0.4, 1.0, (2, 8, 8)).astype(np.float32)  # nearly uniform, like the issue's
+        mask = np.zeros((8, 8), np.uint8)
+        mask[:2, :4] = 1  # objects: 8 of 64 pixels
+        mask[6:, 6:] = 255  # ignored pixels do not count
+        _write(tmp_path, f"f{i}", cams, [1, 2], mask)
+    stats = cam_value_stats(tmp_path / "cams", ["f0", "f1", "f2"], CLASSES, 0.15, tmp_path / "masks")
+    assert stats["p10"] > 0.4 and stats["foreground_share"] == 1.0
+    assert stats["gt_foreground_share"] == pytest.approx(8 / 60)
+    flat, eager = stats["warnings"]
+    assert "the CAMs are flat" in flat and "(classes: cat, dog)" in flat and "wsss data check" in flat
+    assert "threshold 0.15 marks 100 % of the pixels foreground (ground truth: 13 %)" in eager
+    assert "evaluate.fixed_threshold" in eager
+
+
+def test_without_threshold_or_masks_only_the_values_are_described(tmp_path: Path) -> None:
+    peaked(tmp_path)
+    stats = cam_value_stats(tmp_path / "cams", ["p0"], CLASSES, None)
+    assert stats["foreground_share"] is None and stats["gt_foreground_share"] is None
+    assert stats["warnings"] == [] and sum(stats["histogram"]) == 100
