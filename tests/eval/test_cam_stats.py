@@ -9,7 +9,7 @@ import pytest
 
 from wsss.cams.files import save_cam
 from wsss.data.palette import write_label_png
-from wsss.eval.cam_stats import BINS, cam_value_stats
+from wsss.eval.cam_stats import BINS, at_threshold, cam_value_stats, otsu_threshold
 
 CLASSES = ("background", "cat", "dog")
 
@@ -66,3 +66,25 @@ def test_without_threshold_or_masks_only_the_values_are_described(tmp_path: Path
     stats = cam_value_stats(tmp_path / "cams", ["p0"], CLASSES, None)
     assert stats["foreground_share"] is None and stats["gt_foreground_share"] is None
     assert stats["warnings"] == [] and sum(stats["histogram"]) == 100
+
+
+def test_otsu_finds_the_valley_of_a_map_with_a_known_object_share(tmp_path: Path) -> None:
+    """Background ~ N(0.2, 0.05) on 80 % of the pixels, objects ~ N(0.7, 0.05) on 20 %."""
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        cam = rng.normal(0.2, 0.05, (1, 20, 20))
+        cam[0, :4] = rng.normal(0.7, 0.05, (4, 20))  # 4 of 20 rows: 20 %
+        _write(tmp_path, f"o{i}", np.clip(cam, 0, 1).astype(np.float32), [1], np.zeros((20, 20), np.uint8))
+    stats = cam_value_stats(tmp_path / "cams", [f"o{i}" for i in range(4)], CLASSES)
+    t = otsu_threshold(stats["pixel_max_histogram"])
+    assert 0.3 < t < 0.6  # between the modes (Otsu leans to the larger class: 0.35 here)
+    assert at_threshold(stats, t)["foreground_share"] == pytest.approx(0.2, abs=0.005)
+    assert at_threshold(stats, 0.0)["foreground_share"] == 1.0
+
+
+def test_otsu_of_two_spikes_and_of_nothing() -> None:
+    hist = np.zeros(100)
+    hist[[10, 80]] = [70, 30]
+    assert otsu_threshold(hist) == pytest.approx(0.11)  # every edge between splits them equally: the first
+    with pytest.raises(ValueError, match="non-empty"):
+        otsu_threshold(np.zeros(100))

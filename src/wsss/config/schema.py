@@ -240,6 +240,9 @@ class EvalConfig:
 
     thresholds: tuple[float, float, float] = (0.0, 0.60, 0.01)  # sweep start, stop (exclusive), step
     fixed_threshold: float | None = None  # GT-free threshold; None: pick on the train split
+    # fixed: fixed_threshold, or the seed-evaluation split's best (its ground truth) applied to the
+    # other splits; auto: Otsu's threshold of the seed split's CAM values (wsss.eval.cam_stats), no GT
+    threshold: Literal["fixed", "auto"] = "fixed"
     mean: Literal["all", "absent_as_zero", "gt_present"] = "all"  # see wsss.eval.metrics
 
 

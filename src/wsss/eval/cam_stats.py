@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from wsss.cams.files import load_cam
+from wsss.cams.files import load_cam, strided_size
 from wsss.data.palette import read_label_png
 
-BINS = 50  # histogram bins over [0, 1]
+BINS = 50  # histogram bins over [0, 1] (the picture, the percentiles)
+THRESHOLD_BINS = 100  # bins of the per-pixel maximum: the 0.01 grid of the threshold sweep
 # maps whose 10th percentile is above this are flat: 90 % of a tagged class's pixels score high
 FLAT_P10 = 0.3
 # a threshold that marks more than this share of the pixels foreground labels the background too
@@ -38,30 +39,37 @@ def cam_value_stats(
     cam_dir: Path,
     names: Sequence[str],
     class_names: Sequence[str],
-    threshold: float | None,
+    threshold: float | None = None,
     mask_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Histogram, percentiles and foreground shares of the CAM files of ``names``, with warnings.
+    """Histograms, percentiles and foreground shares of the CAM files of ``names``, with warnings.
 
     Values are read at the files' stride (a uniform sample of the full-resolution maps) and clipped
-    to [0, 1]. ``threshold`` (the background score the labels will use) gives the share of pixels
-    it marks foreground: where the image's highest tagged map exceeds it. ``mask_dir`` adds the
-    share of object pixels in the ground truth (255 left out).
+    to [0, 1]. Besides each class's values, the histogram of each pixel's highest tagged map is
+    kept (0 for an image without tags): what a background threshold is compared with, so the share
+    of pixels any threshold marks foreground, and :func:`otsu_threshold`, come from it.
+    ``mask_dir`` adds the share of object pixels in the ground truth (255 left out).
     """
     per_class = np.zeros((len(class_names), BINS), np.int64)
-    shares, gt_shares, norms = [], [], set()
+    pixel_max = np.zeros(THRESHOLD_BINS, np.int64)
+    gt_objects = gt_valid = 0
+    norms = set()
     for name in names:
         rec = load_cam(cam_dir / f"{name}.npz")
         norms.add(rec.norm)
         maps = np.clip(np.asarray(rec.cams, np.float32), 0.0, 1.0)
         for key, plane in zip(rec.keys, maps):
             per_class[int(key)] += np.histogram(plane, bins=BINS, range=(0.0, 1.0))[0]
-        if threshold is not None:
-            shares.append(float((maps.max(axis=0) > threshold).mean()) if len(maps) else 0.0)
+        if len(maps):
+            pixel_max += np.histogram(maps.max(axis=0), bins=THRESHOLD_BINS, range=(0.0, 1.0))[0]
+        else:
+            h, w = strided_size(rec.size, rec.stride)
+            pixel_max[0] += h * w
         if mask_dir is not None:
             mask = read_label_png(mask_dir / f"{name}.png")
             valid = mask != IGNORE
-            gt_shares.append(float(((mask > 0) & valid).sum() / max(int(valid.sum()), 1)))
+            gt_objects += int(((mask > 0) & valid).sum())
+            gt_valid += int(valid.sum())
     overall = per_class.sum(axis=0)
     classes = {
         class_names[k]: {
@@ -73,19 +81,47 @@ def cam_value_stats(
         for k, h in enumerate(per_class)
         if h.sum()
     }
-    out: dict[str, Any] = {
+    stats: dict[str, Any] = {
         "images": len(names),
         "norm": "/".join(sorted(norms)),
-        "threshold": threshold,
         "histogram": overall.tolist(),
+        "pixel_max_histogram": pixel_max.tolist(),
         "p10": _percentile(overall, 0.1),
         "p50": _percentile(overall, 0.5),
         "per_class": classes,
-        "foreground_share": float(np.mean(shares)) if shares else None,
-        "gt_foreground_share": float(np.mean(gt_shares)) if gt_shares else None,
+        "gt_foreground_share": gt_objects / gt_valid if gt_valid else None,
     }
+    return at_threshold(stats, threshold)
+
+
+def at_threshold(stats: dict[str, Any], threshold: float | None) -> dict[str, Any]:
+    """``stats`` with the share of pixels ``threshold`` marks foreground and the warnings it raises."""
+    out = dict(stats)
+    out["threshold"] = threshold
+    out["foreground_share"] = None
+    hist = np.asarray(stats["pixel_max_histogram"])
+    if threshold is not None and hist.sum():
+        first = int(np.floor(threshold * len(hist) + 1e-6))  # bins at or above the threshold
+        out["foreground_share"] = float(hist[first:].sum() / hist.sum())
     out["warnings"] = cam_warnings(out)
     return out
+
+
+def otsu_threshold(hist: Sequence[int]) -> float:
+    """Otsu's background threshold of a histogram over [0, 1]: the bin edge that maximises the
+    between-class variance of the values below and above it. Needs no ground truth."""
+    h = np.asarray(hist, dtype=np.float64)
+    if h.sum() == 0:
+        raise ValueError("Otsu's threshold needs a non-empty histogram")
+    p = h / h.sum()
+    centres = (np.arange(len(h)) + 0.5) / len(h)
+    w0 = np.cumsum(p)[:-1]  # below the edge after each bin
+    m0 = np.cumsum(p * centres)[:-1]
+    w1, total = 1.0 - w0, float((p * centres).sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total * w0 - m0) ** 2 / (w0 * w1)
+    between[~np.isfinite(between)] = -1.0
+    return float((int(np.argmax(between)) + 1) / len(h))
 
 
 def cam_warnings(stats: dict[str, Any]) -> list[str]:

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from wsss.cams.files import is_complete as cam_file_complete
-from wsss.eval.cam_stats import cam_value_stats
+from wsss.errors import ConfigError
+from wsss.eval.cam_stats import at_threshold, cam_value_stats, otsu_threshold
 from wsss.eval.plot import plot_threshold_curve
 from wsss.eval.runner import evaluate_cam_dir
 from wsss.files import write_json
@@ -41,6 +42,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     not_scored: dict[str, str] = {}
     chosen = r.evaluate.fixed_threshold
     chosen_from = "evaluate.fixed_threshold" if chosen is not None else None
+    values = _cam_values(ctx)
+    if r.evaluate.threshold == "auto":
+        if chosen is not None:
+            raise ConfigError(
+                "evaluate.threshold: auto chooses the threshold itself: remove evaluate.fixed_threshold "
+                f"({chosen}) or set evaluate.threshold: fixed"
+            )
+        if values is not None:
+            chosen = otsu_threshold(values["pixel_max_histogram"])
+            chosen_from = f"auto: Otsu on {r.data.seed_eval_split}'s CAM values, no ground truth"
     for split in dict.fromkeys([r.data.seed_eval_split, *ctx.map_splits]):
         ds = ctx.gt_dataset(split)
         if ds is None:
@@ -85,7 +96,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
             title=f"CAM seed mIoU vs background threshold ({split})",
         )
         results[split] = res
-    values = _cam_values(ctx, chosen)
+    if values is not None:
+        values = at_threshold(values, chosen)
+        for warning in values["warnings"]:
+            ctx.logger.warning("%s (%s): %s", NAME, r.data.seed_eval_split, warning)
     summary = {
         "chosen_threshold": chosen,
         "chosen_from": chosen_from,
@@ -109,17 +123,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def _cam_values(ctx: StageContext, threshold: float | None) -> dict[str, Any] | None:
-    """CAM value statistics of the seed-evaluation split (no ground truth needed), warnings logged."""
+def _cam_values(ctx: StageContext) -> dict[str, Any] | None:
+    """CAM value statistics of the seed-evaluation split (no ground truth needed); None while
+    some of its CAM files are missing."""
     split = ctx.recipe.data.seed_eval_split
     ds = ctx.dataset(split)
     folder = ctx.paths.cam_dir
     if not all(cam_file_complete(folder / f"{n}.npz") for n in ds.names):
         return None
     gt = ctx.gt_dataset(split)
-    stats = cam_value_stats(
-        folder, ds.names, ds.class_names, threshold, gt.mask_path(0).parent if gt is not None else None
-    )
-    for warning in stats["warnings"]:
-        ctx.logger.warning("%s (%s): %s", NAME, split, warning)
-    return stats
+    return cam_value_stats(folder, ds.names, ds.class_names, None, gt.mask_path(0).parent if gt else None)

@@ -1,0 +1,40 @@
+"""eval-cams with ``evaluate.threshold: auto``: Otsu's threshold of the CAM values, no ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.report.conftest import make_run_dir
+from tests.stage_context import cpu_context
+from wsss.config import load_recipe
+from wsss.errors import ConfigError
+from wsss.stages import eval_cams
+
+
+def test_auto_threshold_is_chosen_from_the_cams_and_scored(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path)  # four 32×32 CAMs: 1.0 on the 16×16 object square, 0 elsewhere
+    recipe = load_recipe(str(run / "recipe.yaml"), ["evaluate.threshold=auto"])
+    summary = eval_cams.run(cpu_context(recipe, run))
+    # two spikes (0 and 1): the first edge splits them; the square is then exactly the object
+    assert summary["chosen_threshold"] == pytest.approx(0.01)
+    assert summary["chosen_from"] == "auto: Otsu on val's CAM values, no ground truth"
+    assert summary["splits"]["val"]["miou_at_chosen"] == pytest.approx(1.0)
+    values = summary["cam_values"]
+    assert values["foreground_share"] == pytest.approx(0.25) and summary["warnings"] == []
+    # 16×16 objects of 31×32 valid pixels (the first row is 255)
+    assert values["gt_foreground_share"] == pytest.approx(256 / (31 * 32))
+
+
+def test_auto_and_a_fixed_threshold_together_are_refused(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path)
+    recipe = load_recipe(str(run / "recipe.yaml"), ["evaluate.threshold=auto", "evaluate.fixed_threshold=0.2"])
+    with pytest.raises(ConfigError, match=r"remove evaluate.fixed_threshold \(0.2\)"):
+        eval_cams.run(cpu_context(recipe, run))
+
+
+def test_a_mistyped_mode_names_the_key(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path)
+    with pytest.raises(ConfigError, match="evaluate.threshold"):
+        load_recipe(str(run / "recipe.yaml"), ["evaluate.threshold=otsu"])
