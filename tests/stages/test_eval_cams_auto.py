@@ -29,12 +29,14 @@ def test_auto_threshold_is_chosen_from_the_cams_and_scored(tmp_path: Path) -> No
 
 def test_auto_and_a_fixed_threshold_together_are_refused(tmp_path: Path) -> None:
     run = make_run_dir(tmp_path)
-    recipe = load_recipe(str(run / "recipe.yaml"), ["evaluate.threshold=auto", "evaluate.fixed_threshold=0.2"])
+    recipe = load_recipe(
+        str(run / "recipe.yaml"), ["evaluate.threshold=auto", "evaluate.fixed_threshold=0.2"]
+    )
     with pytest.raises(ConfigError, match=r"remove evaluate.fixed_threshold \(0.2\)"):
         eval_cams.run(cpu_context(recipe, run))
 
 
 def test_a_mistyped_mode_names_the_key(tmp_path: Path) -> None:
     run = make_run_dir(tmp_path)
-    with pytest.raises(ConfigError, match="evaluate.threshold"):
+    with pytest.raises(ConfigError, match=r"evaluate\.threshold"):
         load_recipe(str(run / "recipe.yaml"), ["evaluate.threshold=otsu"])
