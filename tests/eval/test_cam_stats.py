@@ -88,3 +88,25 @@ def test_otsu_of_two_spikes_and_of_nothing() -> None:
     assert otsu_threshold(hist) == pytest.approx(0.11)  # every edge between splits them equally: the first
     with pytest.raises(ValueError, match="non-empty"):
         otsu_threshold(np.zeros(100))
+
+
+def test_maps_that_peak_on_the_border_are_called_unusable(tmp_path: Path) -> None:
+    """40×40 maps: 3 of 4 peak in the corner (a padding artefact), 1 in the centre."""
+    for i in range(4):
+        cam = np.full((1, 40, 40), 0.1, np.float32)
+        if i < 3:
+            cam[0, 0, 0] = 1.0
+        else:
+            cam[0, 20, 20] = 1.0
+        _write(tmp_path, f"b{i}", cam, [1], np.zeros((40, 40), np.uint8))
+    stats = cam_value_stats(tmp_path / "cams", [f"b{i}" for i in range(4)], CLASSES)
+    # cells within one cell of the edge: 1 - 36² / 40² of the grid
+    assert stats["border_peak_share"] == 0.75
+    assert stats["border_area_share"] == pytest.approx(1 - 36**2 / 40**2)
+    (warning,) = stats["warnings"]
+    assert warning.startswith("75 % of the class maps peak at the image border") and "not usable" in warning
+    # two of four on the border: 50 % is not more than BORDER_PEAKS
+    cam = np.full((1, 40, 40), 0.1, np.float32)
+    cam[0, 20, 20] = 1.0
+    _write(tmp_path, "b2", cam, [1], np.zeros((40, 40), np.uint8))
+    assert cam_value_stats(tmp_path / "cams", [f"b{i}" for i in range(4)], CLASSES)["warnings"] == []

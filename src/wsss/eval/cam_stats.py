@@ -23,6 +23,10 @@ THRESHOLD_BINS = 100  # bins of the per-pixel maximum: the 0.01 grid of the thre
 FLAT_P10 = 0.3
 # a threshold that marks more than this share of the pixels foreground labels the background too
 MAX_FOREGROUND = 0.7
+# a map "peaks on the border" when its maximum lies within this many cells of the image's edge;
+# more than BORDER_PEAKS of the maps doing so (and 3x what peaks anywhere would give) is an artefact
+BORDER_CELLS = 1
+BORDER_PEAKS = 0.5
 IGNORE = 255
 
 
@@ -53,6 +57,8 @@ def cam_value_stats(
     per_class = np.zeros((len(class_names), BINS), np.int64)
     pixel_max = np.zeros(THRESHOLD_BINS, np.int64)
     gt_objects = gt_valid = 0
+    peaks = on_border = 0
+    border_area = 0.0
     norms = set()
     for name in names:
         rec = load_cam(cam_dir / f"{name}.npz")
@@ -60,6 +66,9 @@ def cam_value_stats(
         maps = np.clip(np.asarray(rec.cams, np.float32), 0.0, 1.0)
         for key, plane in zip(rec.keys, maps):
             per_class[int(key)] += np.histogram(plane, bins=BINS, range=(0.0, 1.0))[0]
+            on_border += _peaks_on_border(plane)
+            border_area += _border_share(plane.shape)
+            peaks += 1
         if len(maps):
             pixel_max += np.histogram(maps.max(axis=0), bins=THRESHOLD_BINS, range=(0.0, 1.0))[0]
         else:
@@ -90,8 +99,24 @@ def cam_value_stats(
         "p50": _percentile(overall, 0.5),
         "per_class": classes,
         "gt_foreground_share": gt_objects / gt_valid if gt_valid else None,
+        "border_peak_share": on_border / peaks if peaks else None,
+        "border_area_share": border_area / peaks if peaks else None,
     }
     return at_threshold(stats, threshold)
+
+
+def _peaks_on_border(plane: np.ndarray) -> bool:
+    """Whether the map's maximum lies within BORDER_CELLS of an edge of its grid."""
+    h, w = plane.shape
+    i, j = np.unravel_index(int(np.argmax(plane)), plane.shape)
+    return min(i, j, h - 1 - i, w - 1 - j) < BORDER_CELLS + 1
+
+
+def _border_share(shape: tuple[int, ...]) -> float:
+    """The share of a grid's cells within BORDER_CELLS of its edge (where uniform peaks would land)."""
+    h, w = shape
+    inner = max(h - 2 * (BORDER_CELLS + 1), 0) * max(w - 2 * (BORDER_CELLS + 1), 0)
+    return 1.0 - inner / (h * w)
 
 
 def at_threshold(stats: dict[str, Any], threshold: float | None) -> dict[str, Any]:
@@ -136,6 +161,14 @@ def cam_warnings(stats: dict[str, Any]) -> list[str]:
             "classifier fires on whole images, not on objects. Check the training tags (wsss data check: "
             "a tag on nearly every image cannot be localised), train the classifier longer, or start "
             "from a recipe for photos"
+        )
+    border, area = stats.get("border_peak_share"), stats.get("border_area_share")
+    if border is not None and border > BORDER_PEAKS and border > 3 * area:
+        warnings.append(
+            f"{100 * border:.0f} % of the class maps peak at the image border (peaks spread evenly would "
+            f"land there {100 * area:.0f} % of the time): the classifier has likely learned the border or "
+            "the crop padding, not the objects, and these maps are not usable. Retrain with another seed, "
+            "or crops that need no padding (classifier.crop_size at most the smallest resized image)"
         )
     share, t = stats["foreground_share"], stats["threshold"]
     if share is not None and share > MAX_FOREGROUND:
