@@ -179,3 +179,24 @@ def test_report_shows_stage_warnings_and_the_cam_value_histogram(run_dir: Path) 
 
 def test_a_run_without_warnings_has_no_warning_list(run_dir: Path) -> None:
     assert 'id="warnings"' not in render_report(run_dir, n_sample=1, n_extreme=0)
+
+
+def test_wsss_run_prints_the_stages_warnings(monkeypatch, tmp_path: Path, capsys) -> None:
+    """The terminal summary of `wsss run` ends with every stage warning, named by stage."""
+    import wsss.pipeline
+    from wsss.report import stage_warnings
+
+    record = {
+        "stages": {
+            "train-cls": {"seconds": 1.0, "metrics": {}},
+            "eval-cams": {
+                "seconds": 0.5,
+                "metrics": {"warnings": ["84 % of the class maps peak at the border"]},
+            },
+        }
+    }
+    assert stage_warnings(record) == [("eval-cams", "84 % of the class maps peak at the border")]
+    monkeypatch.setattr(wsss.pipeline, "run_pipeline", lambda *a, **k: record)
+    assert main(["run", "synth/bnr-nano", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("warning (eval-cams): 84 % of the class maps peak at the border")

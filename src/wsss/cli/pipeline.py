@@ -147,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     record = run_pipeline(recipe, out, stages=stages, device=args.device, shard=_parse_shard(args.shard))
     if not _is_main():
         return 0
-    from wsss.report import REPORT_NAME, collect_results, format_results_table
+    from wsss.report import REPORT_NAME, collect_results, format_results_table, stage_warnings
 
     print(f"run directory: {out}")
     for name, info in record.get("stages", {}).items():
@@ -155,6 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = collect_results(record)
     if results:
         print(format_results_table(results))
+    for stage, warning in stage_warnings(record):
+        print(f"warning ({stage}): {warning}")
     if (out / REPORT_NAME).is_file():
         print(f"report: {out / REPORT_NAME}")
     return 0

@@ -23,7 +23,7 @@ from wsss.errors import DataError
 from wsss.files import write_text
 from wsss.report.curves import loss_curves, threshold_curves
 from wsss.report.gallery import COLUMNS, Gallery, GallerySources, ImageRow, build_gallery
-from wsss.report.results import Result, collect_results, metric_dicts, output_name
+from wsss.report.results import Result, collect_results, metric_dicts, output_name, stage_warnings
 from wsss.stages.context import build_dataset
 
 REPORT_NAME = "report.html"
@@ -70,11 +70,7 @@ def _not_scored(metrics: dict[str, Any]) -> list[str]:
 def _warnings(record: dict[str, Any]) -> str:
     """The stages' warnings (e.g. flat CAMs), in red under the stage table: a number that looks
     plausible must not hide that the maps behind it are unusable."""
-    items = [
-        f"<li><b>{_e(stage)}</b>: {_e(w)}</li>"
-        for stage, info in record.get("stages", {}).items()
-        for w in ((info.get("metrics") or {}).get("warnings") or [])
-    ]
+    items = [f"<li><b>{_e(stage)}</b>: {_e(w)}</li>" for stage, w in stage_warnings(record)]
     return f'<ul id="warnings" class="warn">{"".join(items)}</ul>' if items else ""
 
 

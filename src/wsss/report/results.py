@@ -104,3 +104,13 @@ def format_results_table(results: list[Result]) -> str:
     lines = [f"{'result':{width}s}  {'split':6s}  mIoU %"]
     lines += [f"{r.what:{width}s}  {r.split:6s}  {100 * r.miou:6.1f}" for r in results]
     return "\n".join(lines)
+
+
+def stage_warnings(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """(stage, warning) for every warning a stage recorded (e.g. eval-cams on unusable maps), so
+    the terminal summary and the report show what a plausible-looking number hides."""
+    return [
+        (stage, str(w))
+        for stage, info in record.get("stages", {}).items()
+        for w in ((info.get("metrics") or {}).get("warnings") or [])
+    ]
