@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from wsss.config import load_recipe
-from wsss.eval.cam_stats import at_threshold, cam_value_stats, otsu_threshold
+from wsss.eval.cam_stats import at_threshold, cam_value_stats, gt_foreground_share, otsu_threshold
 from wsss.eval.runner import evaluate_cam_dir
 from wsss.stages.context import build_dataset
 
@@ -27,7 +27,7 @@ def score(run_dir: Path) -> dict[str, float | str | None]:
     split = recipe.data.seed_eval_split
     ds = build_dataset(recipe.data, split, with_masks=True)
     mask_dir = ds.mask_path(0).parent
-    stats = cam_value_stats(run_dir / "cams", ds.names, ds.class_names, None, mask_dir)
+    stats = cam_value_stats(run_dir / "cams", ds.names, ds.class_names)
     auto = otsu_threshold(stats["pixel_max_histogram"])
     sweep = np.round(np.arange(0.0, 0.96, 0.01), 6)  # the whole range, so the oracle is never cut off
     res = evaluate_cam_dir(
@@ -52,7 +52,7 @@ def score(run_dir: Path) -> dict[str, float | str | None]:
         "auto": res["fixed"]["miou"],
         "auto_t": auto,
         "auto_share": at_threshold(stats, auto)["foreground_share"],
-        "gt_share": stats["gt_foreground_share"],
+        "gt_share": gt_foreground_share(res["oracle"]["per_class"]),  # the sweep read the masks
     }
 
 

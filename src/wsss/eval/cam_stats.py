@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from wsss.cams.files import load_cam, strided_size
-from wsss.data.palette import read_label_png
+from wsss.data.palette import IGNORE_INDEX, read_label_png
 
 BINS = 50  # histogram bins over [0, 1] (the picture, the percentiles)
 THRESHOLD_BINS = 100  # bins of the per-pixel maximum: the 0.01 grid of the threshold sweep
@@ -27,7 +27,6 @@ MAX_FOREGROUND = 0.7
 # more than BORDER_PEAKS of the maps doing so (and 3x what peaks anywhere would give) is an artefact
 BORDER_CELLS = 1
 BORDER_PEAKS = 0.5
-IGNORE = 255
 
 
 def _percentile(hist: np.ndarray, q: float) -> float:
@@ -76,7 +75,7 @@ def cam_value_stats(
             pixel_max[0] += h * w
         if mask_dir is not None:
             mask = read_label_png(mask_dir / f"{name}.png")
-            valid = mask != IGNORE
+            valid = mask != IGNORE_INDEX
             gt_objects += int(((mask > 0) & valid).sum())
             gt_valid += int(valid.sum())
     overall = per_class.sum(axis=0)
@@ -103,6 +102,13 @@ def cam_value_stats(
         "border_area_share": border_area / peaks if peaks else None,
     }
     return at_threshold(stats, threshold)
+
+
+def gt_foreground_share(per_class: Sequence[dict[str, Any]]) -> float | None:
+    """The object share of the ground truth from a scored split's per-class rows (``gt_pixels``,
+    background first, 255 already left out): what ``mask_dir`` gives without reading the masks again."""
+    total = sum(int(row["gt_pixels"]) for row in per_class)
+    return 1.0 - int(per_class[0]["gt_pixels"]) / total if total else None
 
 
 def _peaks_on_border(plane: np.ndarray) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 
 from wsss.cams.files import is_complete as cam_file_complete
 from wsss.errors import ConfigError
-from wsss.eval.cam_stats import at_threshold, cam_value_stats, otsu_threshold
+from wsss.eval.cam_stats import at_threshold, cam_value_stats, gt_foreground_share, otsu_threshold
 from wsss.eval.plot import plot_threshold_curve
 from wsss.eval.runner import evaluate_cam_dir
 from wsss.files import write_json
@@ -97,6 +97,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         )
         results[split] = res
     if values is not None:
+        seed_split = results.get(r.data.seed_eval_split)
+        if seed_split is not None:  # the sweep read the masks already
+            values["gt_foreground_share"] = gt_foreground_share(seed_split["oracle"]["per_class"])
         values = at_threshold(values, chosen)
         for warning in values["warnings"]:
             ctx.logger.warning("%s (%s): %s", NAME, r.data.seed_eval_split, warning)
@@ -124,12 +127,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 def _cam_values(ctx: StageContext) -> dict[str, Any] | None:
-    """CAM value statistics of the seed-evaluation split (no ground truth needed); None while
-    some of its CAM files are missing."""
-    split = ctx.recipe.data.seed_eval_split
-    ds = ctx.dataset(split)
+    """CAM value statistics of the seed-evaluation split (no ground truth needed; the masks' object
+    share is added from the sweep); None while some of its CAM files are missing."""
+    ds = ctx.dataset(ctx.recipe.data.seed_eval_split)
     folder = ctx.paths.cam_dir
     if not all(cam_file_complete(folder / f"{n}.npz") for n in ds.names):
         return None
-    gt = ctx.gt_dataset(split)
-    return cam_value_stats(folder, ds.names, ds.class_names, None, gt.mask_path(0).parent if gt else None)
+    return cam_value_stats(folder, ds.names, ds.class_names)
