@@ -23,7 +23,8 @@ import yaml
 import wsss
 from wsss.config import Recipe, save_recipe, to_dict
 from wsss.config.schema import ClassifierConfig
-from wsss.data.base import check_file_headers
+from wsss.data.base import TaggedImageDataset, check_file_headers
+from wsss.data.diagnostics import tag_report
 from wsss.engine import barrier, init_distributed, resolve_device, setup_run_logging
 from wsss.errors import ConfigError, WsssError
 from wsss.files import remove_stale_temp_files, write_json
@@ -299,13 +300,10 @@ def check_data(ctx: StageContext, stages: list[str]) -> None:
         log_training_tags(ctx, ctx.dataset(ctx.recipe.data.train_split))
 
 
-def log_training_tags(ctx: StageContext, ds: Any) -> None:
+def log_training_tags(ctx: StageContext, ds: TaggedImageDataset) -> None:
     """Log the training split's tag shares, and warn when its tags cannot localise a class."""
-    from wsss.data.diagnostics import tag_report
-
     report = tag_report(ds.labels, ds.class_names[1:])
-    n = max(report.num_images, 1)
-    shares = ", ".join(f"{c} {k} ({100 * k / n:.0f} %)" for c, k in zip(report.class_names, report.counts))
+    shares = ", ".join(f"{c} {k} ({100 * share:.0f} %)" for c, k, share in report.shares())
     split = ctx.recipe.data.train_split
     ctx.logger.info("training tags (%s): %d images; per class: %s", split, report.num_images, shares)
     for warning in report.warnings:

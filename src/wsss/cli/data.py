@@ -182,9 +182,9 @@ def _size_line(sizes: list[tuple[int, int]]) -> str:
 def _run_check(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    ds = _build_dataset(args, with_masks=True)
     from wsss.data.diagnostics import tag_report
 
+    ds = _build_dataset(args, with_masks=True)
     errors: list[str] = []
     sizes: list[tuple[int, int]] = []
     for i in tqdm(range(len(ds)), desc="checking", unit="img", disable=args.no_progress):

@@ -32,13 +32,17 @@ class TagReport:
     pairs: tuple[tuple[str, str, int, float, float], ...]  # (a, b, images with both, P(b|a), P(a|b))
     warnings: tuple[str, ...] = field(default=())
 
+    def shares(self) -> list[tuple[str, int, float]]:
+        """(class, images tagged, their share of all images) per class, in label order."""
+        n = max(self.num_images, 1)
+        return [(c, k, k / n) for c, k in zip(self.class_names, self.counts)]
+
     def table(self) -> str:
         """One line per class: index, name, images tagged and their share."""
         width = max((len(c) for c in self.class_names), default=5)
-        n = max(self.num_images, 1)
         return "\n".join(
-            f"  {i:>3}  {c:<{width}}  {k:>7}  {100 * k / n:5.1f} %"
-            for i, (c, k) in enumerate(zip(self.class_names, self.counts), 1)
+            f"  {i:>3}  {c:<{width}}  {k:>7}  {100 * share:5.1f} %"
+            for i, (c, k, share) in enumerate(self.shares(), 1)
         )
 
     def pair_lines(self, most: int = 5) -> list[str]:
