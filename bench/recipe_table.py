@@ -173,6 +173,8 @@ def _mean_cell(values: list[float | None]) -> str:
 
 
 FIXED_COLUMN = COLUMNS[1][0]
+# (name in the ratio lines, column of COLUMNS) of the weakly supervised segmentation results
+WEAK_COLUMNS = (("segmentation", "segmentation, val"), ("cyclic round", "cyclic round, val"))
 
 
 def _threshold_is_fixed(record: dict) -> bool:
@@ -211,31 +213,21 @@ def main() -> None:
             if not args.no_run:
                 share_cams(run_dir_of(args.out, recipe, seed), donors, _cam_key(recipe, seed))
             records.append(run_one(recipe, seed, args.out, env, run=not args.no_run))
-        cells = []
+        column_vals: dict[str, list[float]] = {}
         for column, stage, path in COLUMNS:
-            vals = [
+            column_vals[column] = [
                 v
                 for r in records
                 if (v := _dig(r["stages"].get(stage, {}).get("metrics", {}), path)) is not None
                 and (column != FIXED_COLUMN or _threshold_is_fixed(r))
             ]
-            cells.append(fmt(vals))
+        cells = [fmt(vals) for vals in column_vals.values()]
         thresholds = [
             _dig(r["stages"].get("eval-cams", {}).get("metrics", {}), ("chosen_threshold",)) for r in records
         ]
         cells.append(", ".join(f"{t:.2f}" for t in thresholds if t is not None) or "—")
-        # the weakly supervised segmentation numbers, for the weak / full ratios
-        ratios[recipe] = {
-            column: vals
-            for column, stage in (("segmentation", "predict"), ("cyclic round", "cycle-seg"))
-            if (
-                vals := [
-                    v
-                    for r in records
-                    if (v := _dig(r["stages"].get(stage, {}).get("metrics", {}), ("val", "miou"))) is not None
-                ]
-            )
-        }
+        # the weakly supervised segmentation columns, for the weak / full ratios
+        ratios[recipe] = {name: column_vals[column] for name, column in WEAK_COLUMNS if column_vals[column]}
         for r in records:
             ious = r["stages"].get("make-labels", {}).get("metrics", {}).get("per_class_iou", {})
             for cls, v in ious.items():
