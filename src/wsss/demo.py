@@ -21,7 +21,7 @@ from wsss.data.synth import generate_synth
 from wsss.engine import setup_run_logging
 from wsss.files import write_json
 from wsss.pipeline import run_pipeline
-from wsss.report import REPORT_NAME, collect_results, format_results_table, stage_warnings, write_report
+from wsss.report import REPORT_NAME, summary_lines, write_report
 
 DEMO_RECIPE = "synth/demo"
 UPPER_BOUND_DIR = "upper-bound"  # inside the demo's run directory
@@ -86,8 +86,7 @@ def run_demo(
         write_json(out / "run.json", record)
         write_report(out)
     print(f"\nwsss demo ({recipe.name}) finished in {time.time() - t0:.0f} s; run directory: {out}")
-    print(format_results_table(collect_results(record)))
-    for stage, warning in stage_warnings(record):
-        print(f"warning ({stage}): {warning}")
+    for line in summary_lines(record):
+        print(line)
     print(f"report: {out / REPORT_NAME}")
     return record

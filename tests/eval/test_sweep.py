@@ -224,3 +224,22 @@ def test_cli_eval_cams_writes_json_and_curve(tmp_path, capsys):
     assert "threshold 0.3" in printed
     with pytest.raises(ConfigError, match=r"--thresholds 0\.5 0\.1 0\.1"):
         _cli([*argv, "--thresholds", "0.5", "0.1", "0.1"])
+
+
+def test_cli_eval_cams_auto_threshold_scores_otsus_choice(tmp_path, capsys):
+    """--auto-threshold scores the threshold Otsu picks from the CAM values (the stage's auto)."""
+    from wsss.eval.cam_stats import cam_value_stats, otsu_threshold
+
+    _write_cam_folder(tmp_path)
+    names = (tmp_path / "list.txt").read_text().split()
+    classes = ["background", *(f"class {k}" for k in range(1, 5))]
+    want = otsu_threshold(cam_value_stats(tmp_path / "cams", names, classes)["pixel_max_histogram"])
+    argv = ["eval-cams", "--cams", str(tmp_path / "cams"), "--gt", str(tmp_path / "gt")]
+    argv += ["--list", str(tmp_path / "list.txt"), "--num-classes", "5", "--no-progress"]
+    assert _cli([*argv, "--auto-threshold", "--out", str(tmp_path / "r")]) == 0
+    saved = json.loads((tmp_path / "r" / "cam_eval.json").read_text())
+    assert saved["fixed"]["threshold"] == pytest.approx(want) and 0.0 < want < 1.0
+    assert f"auto threshold (Otsu on the CAM values, no ground truth): {want:g}" in capsys.readouterr().out
+    assert len(saved["sweep"]["thresholds"]) == 96  # the default sweep reaches 0.95
+    with pytest.raises(SystemExit):  # one GT-free threshold at a time
+        _cli([*argv, "--auto-threshold", "--fixed-threshold", "0.3"])

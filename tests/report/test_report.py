@@ -200,3 +200,39 @@ def test_wsss_run_prints_the_stages_warnings(monkeypatch, tmp_path: Path, capsys
     assert main(["run", "synth/bnr-nano", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert out.rstrip().endswith("warning (eval-cams): 84 % of the class maps peak at the border")
+
+
+def test_classifier_validation_reaches_the_summary_and_the_page(
+    run_dir: Path, monkeypatch, tmp_path: Path, capsys
+) -> None:
+    """train-cls's held-out tag scores: one terminal line (before the warnings) and a per-class table."""
+    import json
+
+    import wsss.pipeline
+
+    validation = {
+        "split": "val",
+        "images": 40,
+        "map": 0.8125,
+        "chance_map": 0.3,
+        "f1_macro": 0.5,
+        "threshold": 0.5,
+        "per_class": {
+            "cat": {"ap": 0.75, "f1": 0.5, "positives": 12},
+            "dog": {"ap": 0.875, "f1": None, "positives": 9},
+        },
+    }
+    record = json.loads((run_dir / "run.json").read_text())
+    record["stages"]["train-cls"] = {"seconds": 2.0, "metrics": {"validation": validation, "warnings": ["w"]}}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    page = render_report(run_dir, n_sample=1, n_extreme=0)
+    section = page[page.index('id="classifier-validation"') :]
+    assert "on val (40 images): mAP <b>81.2</b> % (a random ranking: 30.0 %)" in section
+    assert '<td class="l">dog</td><td>9</td><td>87.5</td><td>–</td>' in section
+    monkeypatch.setattr(wsss.pipeline, "run_pipeline", lambda *a, **k: record)
+    assert main(["run", "synth/bnr-nano", "--out", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert lines[-2:] == [
+        "train-cls: classifier on val (40 images): mAP 81.2 % (chance 30.0 %), F1 50.0 % at 0.5",
+        "warning (train-cls): w",
+    ]

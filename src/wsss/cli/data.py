@@ -61,6 +61,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="NPZ", help="output labels file (.npz)")
     p.set_defaults(func=_run_tags)
 
+    p = sub.add_parser(
+        "folder",
+        help="rewrite a dataset as a users' folder (images, classes.txt, tags.csv, masks, split lists)",
+        description=(
+            "Rewrite any dataset wsss loads as a 'folder' dataset (README: 'Bringing your own data'): images "
+            "copied unchanged, tags.csv from the image-level labels, grey index masks, split lists."
+        ),
+    )
+    _add_dataset_args(p)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (new or empty)")
+    p.add_argument(
+        "--list",
+        action="append",
+        default=[],
+        dest="lists",
+        metavar="NAME",
+        help="also write NAME.txt listing the source's split NAME (repeatable; its images must be exported)",
+    )
+    p.add_argument("--no-masks", action="store_true", help="write no masks, as for a user without them")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    p.set_defaults(func=_run_folder)
+
     p = sub.add_parser("check", help="load a dataset, count images and classes, and validate every file")
     _add_dataset_args(p)
     p.set_defaults(func=_run_check)
@@ -161,6 +183,29 @@ def _run_tags(args: argparse.Namespace) -> int:
     counts = ds.class_image_counts()
     print(f"wrote labels of {len(ds)} images ({ds.num_classes - 1} classes) to {args.out}")
     print(_class_table(ds.class_names, counts))
+    return 0
+
+
+def _run_folder(args: argparse.Namespace) -> int:
+    from wsss.data.export_folder import export_folder, split_names
+
+    if len(set(args.lists)) != len(args.lists):
+        raise ConfigError(f"--list names a split twice: {', '.join(args.lists)}")
+    ds = _build_dataset(args, with_masks=not args.no_masks)
+    # Only a layout split_names does not know is built, and it may need these.
+    extra: dict[str, Any] = {"labels_file": args.labels_file}
+    if args.mask_dir is not None:
+        extra["mask_dir"] = args.mask_dir
+    splits = {name: split_names(args.dataset, args.root, name, **extra) for name in args.lists}
+    summary = export_folder(
+        ds,
+        args.out,
+        splits=splits,
+        with_masks=not args.no_masks,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    _print_json(summary)
     return 0
 
 

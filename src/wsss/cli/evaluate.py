@@ -9,7 +9,7 @@ from typing import Any
 from wsss.errors import ConfigError
 from wsss.files import write_json
 
-_DEFAULT_SWEEP = (0.0, 0.6, 0.01)  # TransCAM/SEAM: 0.00, 0.01, ..., 0.59
+_DEFAULT_SWEEP = (0.0, 0.96, 0.01)  # 0.00 … 0.95 (TransCAM/SEAM sweep 0.00 … 0.59; the top is added)
 
 # The choices of wsss.cams.importers.FORMATS and wsss.eval.metrics.MEAN_CONVENTIONS, repeated so
 # that building the parser does not import torch (a test keeps them equal).
@@ -84,9 +84,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs=3,
         metavar=("START", "STOP", "STEP"),
         default=list(_DEFAULT_SWEEP),
-        help="sweep START, START+STEP, ... below STOP (default: 0 0.6 0.01, TransCAM's 60 values)",
+        help="sweep START, START+STEP, ... below STOP (default: 0 0.96 0.01, i.e. up to 0.95)",
     )
-    p.add_argument("--fixed-threshold", type=float, metavar="T", help="also score this GT-free threshold")
+    gt_free = p.add_mutually_exclusive_group()
+    gt_free.add_argument(
+        "--fixed-threshold", type=float, metavar="T", help="also score this GT-free threshold"
+    )
+    gt_free.add_argument(
+        "--auto-threshold",
+        action="store_true",
+        help="also score Otsu's threshold of the CAM values (chosen without ground truth, as evaluate.threshold: auto)",
+    )
     p.add_argument("--out", type=Path, metavar="DIR", help="write cam_eval.json and threshold_curve.png here")
     p.add_argument("--mean", choices=list(MEAN_CHOICES), default="all", help="mIoU mean convention")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -158,13 +166,20 @@ def _run_eval_cams(args: argparse.Namespace) -> int:
     num_classes, class_names = _classes(args)
     thresholds = _sweep_thresholds(args.thresholds)
     names = read_name_list(args.list_file)
+    fixed = args.fixed_threshold
+    if args.auto_threshold:
+        from wsss.eval.cam_stats import cam_value_stats, otsu_threshold
+
+        labels = class_names or ["background", *(f"class {k}" for k in range(1, num_classes))]
+        fixed = otsu_threshold(cam_value_stats(args.cams, names, labels)["pixel_max_histogram"])
+        print(f"auto threshold (Otsu on the CAM values, no ground truth): {fixed:g}")
     result = evaluate_cam_dir(
         args.cams,
         args.gt,
         names,
         num_classes,
         thresholds,
-        fixed_threshold=args.fixed_threshold,
+        fixed_threshold=fixed,
         class_names=class_names,
         mean=args.mean,
         progress=not args.no_progress,

@@ -147,16 +147,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     record = run_pipeline(recipe, out, stages=stages, device=args.device, shard=_parse_shard(args.shard))
     if not _is_main():
         return 0
-    from wsss.report import REPORT_NAME, collect_results, format_results_table, stage_warnings
+    from wsss.report import REPORT_NAME, summary_lines
 
     print(f"run directory: {out}")
     for name, info in record.get("stages", {}).items():
         print(f"  {name:12s} {info['seconds']:8.1f} s")
-    results = collect_results(record)
-    if results:
-        print(format_results_table(results))
-    for stage, warning in stage_warnings(record):
-        print(f"warning ({stage}): {warning}")
+    for line in summary_lines(record):
+        print(line)
     if (out / REPORT_NAME).is_file():
         print(f"report: {out / REPORT_NAME}")
     return 0

@@ -81,6 +81,14 @@ class ClassifierConfig(TrainerConfig):
     # ``pretrain``: start from the weights the ``pretrain-cls`` stage wrote (RUN/pretrain-cls/), handed
     # to the model's ``load_pretrained_stage`` (AMR: its frozen spotlight branch); null: nothing.
     init_from: Literal["pretrain"] | None = None
+    # Held-out tags, scored at the end of training (mAP, F1: train-cls's metrics and the report) so a
+    # classifier that did not learn shows before any CAM is made. ``validation_split``: a split with
+    # tags (e.g. val), scored as it is; ``holdout``: instead keep this share of train_split out of
+    # training (picked by a hash of each image name: the same images for every seed). Both off: none.
+    validation_split: str | None = None
+    holdout: float = 0.0
+    validate_every: int = 0  # also score every N epochs (0: at the end only)
+    validation_size: int = 320  # images are scored resized to this long side (one scale, no flip)
 
 
 @dataclass
@@ -238,7 +246,8 @@ class PredictConfig:
 class EvalConfig:
     """Evaluation settings shared by ``eval-cams`` and ``evaluate``."""
 
-    thresholds: tuple[float, float, float] = (0.0, 0.60, 0.01)  # sweep start, stop (exclusive), step
+    # sweep start, stop (exclusive), step: 0.00-0.95, so the best threshold is never off the top of the range
+    thresholds: tuple[float, float, float] = (0.0, 0.96, 0.01)
     fixed_threshold: float | None = None  # GT-free threshold; None: pick on the train split
     # fixed: fixed_threshold, or the seed-evaluation split's best (its ground truth) applied to the
     # other splits; auto: Otsu's threshold of the seed split's CAM values (wsss.eval.cam_stats), no GT

@@ -269,6 +269,20 @@ class TaggedImageDataset(Dataset):
     def mask_path(self, i: int) -> Path | None:
         return self._mask_paths[i] if self._mask_paths is not None else None
 
+    def subset(self, indices: Sequence[int], *, source: str = "") -> TaggedImageDataset:
+        """The images at ``indices`` (in that order) with the same classes, masks and transform."""
+        idx = [int(i) for i in indices]
+        return TaggedImageDataset(
+            names=[self.names[i] for i in idx],
+            image_paths=[self._image_paths[i] for i in idx],
+            labels=self.labels[idx].reshape(len(idx), self.num_classes - 1),
+            class_names=self.class_names,
+            mask_paths=[self._mask_paths[i] for i in idx] if self._mask_paths is not None else None,
+            transform=self.transform,
+            with_masks=self.with_masks,
+            source=source or self.source,
+        )
+
     def image_size(self, i: int) -> tuple[int, int]:
         """(H, W) of image ``i`` read from its header."""
         return image_size(self._image_paths[i])

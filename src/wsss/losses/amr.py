@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -90,6 +91,11 @@ class AMRObjective(Objective):
         self.cps_weight = float(cps_weight)
         self.cps_form = cps_form
         self.cps_norm = cps_norm
+
+    def class_probabilities(self, out: AMROutput) -> Tensor:
+        """The mean of the two branches' probabilities (both classifiers are trained here; the
+        CAMs fuse both branches)."""
+        return 0.5 * (torch.sigmoid(out.logits_s[:, 1:]) + torch.sigmoid(out.logits_c[:, 1:]))
 
     def forward(self, out: AMROutput, labels: Tensor) -> dict[str, Tensor]:
         check_image_labels(labels, out.logits_c)

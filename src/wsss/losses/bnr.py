@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -54,6 +55,10 @@ class BNRObjective(Objective):
         self.noise_scale = _check_noise_scale(noise_scale)
         self.detach_attention = detach_attention
         self.needs_attention = use_bnr
+
+    def class_probabilities(self, out: TransCAMOutput) -> Tensor:
+        """σ of the summed conv and transformer logits, what the classification loss scores."""
+        return torch.sigmoid((out.conv_logits + out.trans_logits)[:, 1:])
 
     def forward(self, out: TransCAMOutput, labels: Tensor) -> dict[str, Tensor]:
         labels = labels.to(out.conv_logits.dtype)

@@ -5,10 +5,14 @@ that needs several views of a batch (SEAM's image and its rescaled copy) runs th
 the training stage stays one loop for every method. Most objectives need a single forward: they
 subclass :class:`Objective` and implement ``forward(out, labels)`` on the network's output;
 ``step`` then runs the network once (with attention when ``needs_attention``).
+
+``class_probabilities(out)`` reads the per-class probabilities the objective trains out of the
+same output, so train-cls can score held-out tags for any method without knowing its output type.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from wsss.errors import ConfigError
@@ -38,3 +42,14 @@ class Objective(nn.Module):
     def step(self, net: nn.Module, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """The losses of one batch: one forward of ``net`` (which may be DDP-wrapped), then ``forward``."""
         return self(net(images, with_attention=self.needs_attention), labels)
+
+    def class_probabilities(self, out: object) -> Tensor:
+        """B×K foreground probabilities from one forward's output: σ of the pooled logits the
+        loss scores (``out.logits`` without its background column); override for other outputs."""
+        logits = getattr(out, "logits", None)
+        if not isinstance(logits, Tensor):
+            raise NotImplementedError(
+                f"{type(self).__name__} does not say how to read class scores from a {type(out).__name__}; "
+                "override class_probabilities"
+            )
+        return torch.sigmoid(logits[:, 1:])

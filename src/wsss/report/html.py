@@ -23,7 +23,14 @@ from wsss.errors import DataError
 from wsss.files import write_text
 from wsss.report.curves import loss_curves, threshold_curves
 from wsss.report.gallery import COLUMNS, Gallery, GallerySources, ImageRow, build_gallery
-from wsss.report.results import Result, collect_results, metric_dicts, output_name, stage_warnings
+from wsss.report.results import (
+    Result,
+    classifier_validations,
+    collect_results,
+    metric_dicts,
+    output_name,
+    stage_warnings,
+)
 from wsss.stages.context import build_dataset
 
 REPORT_NAME = "report.html"
@@ -72,6 +79,28 @@ def _warnings(record: dict[str, Any]) -> str:
     plausible must not hide that the maps behind it are unusable."""
     items = [f"<li><b>{_e(stage)}</b>: {_e(w)}</li>" for stage, w in stage_warnings(record)]
     return f'<ul id="warnings" class="warn">{"".join(items)}</ul>' if items else ""
+
+
+def _validation_tables(record: dict[str, Any]) -> str:
+    """Each trained classifier's held-out tag scores (per-class AP / F1), shown before the CAM
+    numbers: a classifier that did not learn explains every number after it."""
+    parts = []
+    for stage, v in classifier_validations(record):
+        rows = "".join(
+            f'<tr><td class="l">{_e(name)}</td><td>{c.get("positives", 0)}</td>'
+            f"<td>{_pct(c.get('ap'))}</td><td>{_pct(c.get('f1'))}</td></tr>"
+            for name, c in (v.get("per_class") or {}).items()
+        )
+        parts.append(
+            f"<p><b>{_e(stage)}</b> on {_e(v.get('split'))} ({v.get('images')} images): "
+            f"mAP <b>{_pct(v.get('map'))}</b> % (a random ranking: {_pct(v.get('chance_map'))} %), "
+            f"F1 {_pct(v.get('f1_macro'))} % at probability {v.get('threshold')}</p>"
+            f'<details><summary>per class</summary><table class="validation"><tr><th class="l">class</th>'
+            f"<th>positives</th><th>AP %</th><th>F1 %</th></tr>{rows}</table></details>"
+        )
+    if not parts:
+        return ""
+    return '<h3 id="classifier-validation">Classifier on held-out tags</h3>' + "".join(parts)
 
 
 def _summary_table(record: dict[str, Any], results: list[Result]) -> str:
@@ -333,7 +362,7 @@ def render_report(run_dir: Path, **gallery_kwargs: Any) -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>wsss report: {_e(recipe.name)}</title><style>{_CSS}</style></head><body>"
         f'<h1>wsss report: {_e(recipe.name)}</h1><p class="meta">{meta}</p>'
-        f"<h2>Stages</h2>{_summary_table(record, results)}{_warnings(record)}"
+        f"<h2>Stages</h2>{_summary_table(record, results)}{_warnings(record)}{_validation_tables(record)}"
         f"<h2>Per-class IoU (%)</h2>{_per_class_table(results)}"
         f"<h3>Precision / recall (%) of each scored output</h3>"
         f"{_precision_recall_table(run_dir / 'eval')}"

@@ -114,3 +114,33 @@ def stage_warnings(record: dict[str, Any]) -> list[tuple[str, str]]:
         for stage, info in record.get("stages", {}).items()
         for w in ((info.get("metrics") or {}).get("warnings") or [])
     ]
+
+
+def classifier_validations(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(stage, held-out tag report) of every training stage that scored its classifier."""
+    return [
+        (stage, v)
+        for stage, info in record.get("stages", {}).items()
+        if isinstance(v := (info.get("metrics") or {}).get("validation"), dict) and "map" in v
+    ]
+
+
+def format_validation(stage: str, v: dict[str, Any]) -> str:
+    """One terminal line: the classifier's held-out mAP against chance, and its F1."""
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.1f} %"
+
+    return (
+        f"{stage}: classifier on {v.get('split')} ({v.get('images')} images): mAP {pct(v.get('map'))} "
+        f"(chance {pct(v.get('chance_map'))}), F1 {pct(v.get('f1_macro'))} at {v.get('threshold')}"
+    )
+
+
+def summary_lines(record: dict[str, Any]) -> list[str]:
+    """What ``wsss run`` and ``wsss demo`` print at the end: the results table, each classifier's
+    held-out score and every stage warning."""
+    results = collect_results(record)
+    lines = [format_results_table(results)] if results else []
+    lines += [format_validation(stage, v) for stage, v in classifier_validations(record)]
+    return lines + [f"warning ({stage}): {warning}" for stage, warning in stage_warnings(record)]

@@ -8,23 +8,30 @@ The functions take the recipe section they train (``classifier``, or ``pretrain`
 ``pretrain-cls`` stage of a two-stage method), so both stages are this one code path. With
 ``classifier.init_from: pretrain`` the model receives the pretrain stage's weights through its
 ``load_pretrained_stage`` before training (AMR: the frozen spotlight branch).
+
+Held-out tags (``classifier.validation_split`` or ``classifier.holdout``) are scored after the last
+epoch (and every ``validate_every`` epochs): mAP, chance mAP and F1 go into the stage's metrics,
+with a warning when the classifier barely beats a random ranking (``wsss.eval.multilabel``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from wsss.config.schema import ClassifierConfig
+from wsss.data.base import TaggedImageDataset
 from wsss.data.heat_crops import HeatCropDataset
-from wsss.data.transforms import train_transform
+from wsss.data.transforms import eval_transform, train_transform
 from wsss.engine import export_weights, load_weights, read_weights, seed_everything
 from wsss.errors import ConfigError
+from wsss.eval.multilabel import learning_warning, multilabel_report
 from wsss.losses.objective import Objective
 from wsss.registry import CAM_MODELS, METHODS
 from wsss.stages.context import StageContext
@@ -91,14 +98,43 @@ def heat_mask_folder(classifier: ClassifierConfig) -> Path:
     return Path(folder)
 
 
+def holdout_split(names: list[str], share: float) -> tuple[list[int], list[int]]:
+    """(kept, held-out) indices: the ``share`` of images whose name hashes lowest is held out, so
+    the choice depends on the names only (every seed and every rerun holds out the same images)."""
+    if not 0.0 <= share < 1.0:
+        raise ConfigError(f"classifier.holdout must be in [0, 1) (a share of train_split), got {share}")
+    n_out = round(len(names) * share)
+    if share > 0 and not 1 <= n_out < len(names):
+        raise ConfigError(
+            f"classifier.holdout {share} of {len(names)} training images holds out {n_out}; "
+            "choose a share that leaves at least one image on each side"
+        )
+    order = sorted(range(len(names)), key=lambda i: hashlib.sha1(names[i].encode()).hexdigest())
+    held = sorted(order[:n_out])
+    held_set = set(held)
+    return [i for i in range(len(names)) if i not in held_set], held
+
+
+def _held_out(c: ClassifierConfig, ds: TaggedImageDataset, keep: bool) -> TaggedImageDataset:
+    """``ds`` (train_split) without (``keep``) or restricted to its held-out images."""
+    kept, held = holdout_split(ds.names, c.holdout)
+    return ds.subset(kept if keep else held, source=f"{ds.source} ({'kept' if keep else 'held out'})")
+
+
 def training_set(ctx: StageContext, section: str = "classifier") -> Dataset:
-    """The train split with the classifier's augmentation: random crops, or PMM's heat crops."""
+    """The train split with the classifier's augmentation: random crops, or PMM's heat crops;
+    without the images ``holdout`` keeps for validation."""
     r, c = ctx.recipe, section_config(ctx, section)
+    if c.holdout > 0 and c.validation_split is not None:
+        raise ConfigError(
+            f"{section}.holdout and {section}.validation_split both choose the validation images; set one"
+        )
     if c.crops == "heat":
         if c.cutout is not None:
             raise ConfigError(f"{section}.cutout works with random crops only; set {section}.crops: random")
+        base = ctx.dataset(r.data.train_split, with_masks=False)
         return HeatCropDataset(
-            ctx.dataset(r.data.train_split, with_masks=False),
+            _held_out(c, base, keep=True) if c.holdout > 0 else base,
             heat_mask_folder(c),
             crop_size=c.crop_size,
             scales=c.heat_scales,
@@ -115,7 +151,65 @@ def training_set(ctx: StageContext, section: str = "classifier") -> Dataset:
         color_jitter=c.color_jitter,
         cutout=c.cutout,
     )
-    return ctx.dataset(r.data.train_split, transform=transform, with_masks=False)
+    ds = ctx.dataset(r.data.train_split, transform=transform, with_masks=False)
+    return _held_out(c, ds, keep=True) if c.holdout > 0 else ds
+
+
+def validation_set(ctx: StageContext, section: str = "classifier") -> TaggedImageDataset | None:
+    """The held-out tagged images the classifier is scored on (long side ``validation_size``), or
+    None when the section names none."""
+    r, c = ctx.recipe, section_config(ctx, section)
+    transform = eval_transform(c.validation_size)
+    if c.validation_split is not None:
+        return ctx.dataset(c.validation_split, transform=transform, with_masks=False)
+    if c.holdout > 0:
+        return _held_out(c, ctx.dataset(r.data.train_split, transform=transform, with_masks=False), False)
+    return None
+
+
+@torch.no_grad()
+def class_probabilities(
+    model: nn.Module, method: Objective, ds: Dataset, device: torch.device, num_workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N×K probabilities, N×K tags) of ``ds``, one image per forward (sizes differ), eval mode."""
+    was_training = model.training
+    model.eval()
+    probs, tags = [], []
+    # the global RNG state is put back afterwards, and the loader seeds from a generator of its own:
+    # the training epochs after a mid-training validation draw exactly what they would have drawn
+    with torch.random.fork_rng(devices=[]):
+        try:
+            gen = torch.Generator().manual_seed(0)
+            for batch in DataLoader(ds, batch_size=1, num_workers=num_workers, generator=gen):
+                out = model(batch["image"].to(device), with_attention=False)
+                probs.append(method.class_probabilities(out).float().cpu())
+                tags.append(batch["labels"])
+        finally:
+            model.train(was_training)
+    return torch.cat(probs), torch.cat(tags)
+
+
+def validate(
+    ctx: StageContext, model: nn.Module, method: Objective, ds: TaggedImageDataset, section: str, epoch: int
+) -> dict[str, Any]:
+    """Score ``model`` on the held-out tags; log the numbers and any warning."""
+    c = section_config(ctx, section)
+    probs, tags = class_probabilities(model, method, ds, ctx.device, c.num_workers)
+    report = multilabel_report(probs.numpy(), tags.numpy(), ds.class_names[1:])
+    report.update(epoch=epoch, split=c.validation_split or f"holdout {c.holdout:g} of train_split")
+    ctx.logger.info(
+        "%s validation after epoch %d (%d images): mAP %.1f %% (chance %.1f %%), F1 macro %.1f %%",
+        section,
+        epoch,
+        report["images"],
+        100 * (report["map"] or 0.0),
+        100 * (report["chance_map"] or 0.0),
+        100 * (report["f1_macro"] or 0.0),
+    )
+    warning = learning_warning(report)
+    if warning:
+        ctx.logger.warning("%s: %s", section, warning)
+    return report
 
 
 def build_method(c: ClassifierConfig, compat: str, section: str = "classifier") -> Objective:
@@ -181,6 +275,14 @@ def train_classifier(
         y = batch["labels"].to(ctx.device, non_blocking=True)
         return method.step(net, x, y)
 
+    val_ds = validation_set(ctx, section)
+    history: list[dict[str, Any]] = []
+
+    def on_epoch_end(epoch: int) -> None:
+        if val_ds is not None and c.validate_every > 0 and epoch % c.validate_every == 0 and epoch < c.epochs:
+            report = validate(ctx, model, method, val_ds, section, epoch)
+            history.append({k: report[k] for k in ("epoch", "map", "f1_macro")})
+
     metrics = train_loop(
         ctx,
         name=name,
@@ -189,8 +291,16 @@ def train_classifier(
         cfg=c,
         step_fn=step,
         state_path=state_path,
+        on_epoch_end=on_epoch_end,
         ddp_static_graph=method.forwards_per_step > 1,
     )
+    if val_ds is not None and ctx.dist.is_main:
+        report = validate(ctx, model, method, val_ds, section, c.epochs)
+        report["history"] = [*history, {k: report[k] for k in ("epoch", "map", "f1_macro")}]
+        metrics["validation"] = report
+        warning = learning_warning(report)
+        if warning:
+            metrics["warnings"] = [warning]
     if ctx.dist.is_main:
         export_weights(
             weights_path,
