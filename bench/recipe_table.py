@@ -41,8 +41,10 @@ DEFAULT_RECIPES = [
     "synth/pmm-nano",
     "synth/irn-nano",
     "synth/amr-nano",
+    "synth/spu-nano",
     "coco128/cam-mobilenet",
     "coco128/ppg-mobilenet",
+    "coco128/spu-mobilenet",
 ]
 # the segmentation settings of these recipes trained on ground truth: the fully supervised upper bound
 UPPER_BOUND = "synth/bnr-nano"

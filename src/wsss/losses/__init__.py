@@ -4,7 +4,8 @@ import wsss.losses.affinity  # fills LOSSES: psa_affinity
 import wsss.losses.amr  # fills METHODS: amr
 import wsss.losses.cam
 import wsss.losses.seam  # fills METHODS: seam
-import wsss.losses.seg  # noqa: F401  (fills LOSSES: ce, puf)
+import wsss.losses.seg  # fills LOSSES: ce, puf
+import wsss.losses.spu  # noqa: F401  (fills METHODS: spu)
 from wsss.losses import bnr
 from wsss.losses import irn as irn  # fills LOSSES: irn
 

@@ -15,7 +15,7 @@ their own train/eval mode whatever the freezing rules say (see ``FreezableBackbo
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,9 +146,12 @@ def check_insert_options(
     insert_args: Mapping[str, Any] | None,
     insert_at: str,
     positions: tuple[str, ...] = INSERT_POSITIONS,
+    insert_levels: Sequence[str] | None = None,
 ) -> None:
     """ConfigError naming the key when the insert options do not make sense for ``owner``."""
     if insert is None:
+        if insert_levels is not None:
+            raise ConfigError(f"{owner}: insert_levels is given but insert is not; name the module to insert")
         if insert_args:
             raise ConfigError(
                 f"{owner}: insert_args is given but insert is not; name the module to insert (e.g. insert: amm)"
@@ -163,6 +166,24 @@ def check_insert_options(
         raise ConfigError(
             f"{owner}: insert_args may not set 'channels'; the backbone passes each insertion point's channel count"
         )
+
+
+def insert_levels_of(
+    owner: str, feature_info: tuple[FeatureInfo, ...], insert_at: str, insert_levels: Sequence[str] | None
+) -> list[str]:
+    """The feature levels that get a between-stage insert: all by default, else the named ones (SPU:
+    after stages 1-3, not the last); ConfigError for an unknown level or per-block inserts."""
+    names = [info.name for info in feature_info]
+    if insert_levels is None:
+        return names
+    if insert_at != "stage":
+        raise ConfigError(f"{owner}: insert_levels chooses stages; set insert_at: stage (got {insert_at!r})")
+    unknown = [n for n in insert_levels if n not in names]
+    if unknown or not insert_levels:
+        raise ConfigError(
+            f"{owner}: insert_levels {list(insert_levels)} must name some of its levels: {', '.join(names)}"
+        )
+    return [n for n in names if n in insert_levels]
 
 
 def build_insert(name: str, insert_args: Mapping[str, Any] | None, channels: int, owner: str) -> nn.Module:

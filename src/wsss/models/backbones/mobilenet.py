@@ -29,6 +29,7 @@ by all), so a CPU recipe can use AMR's AMM; keys ``inserts.stageN.*``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from wsss.models.backbones.base import (
     FreezableBackbone,
     build_insert,
     check_insert_options,
+    insert_levels_of,
     load_backbone_weights,
 )
 from wsss.registry import BACKBONES
@@ -113,9 +115,12 @@ class MobileNetV2(FreezableBackbone):
         insert: str | None = None,
         insert_args: dict[str, Any] | None = None,
         insert_at: str = "stage",
+        insert_levels: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        check_insert_options("MobileNetV2", insert, insert_args, insert_at, positions=("stage",))
+        check_insert_options(
+            "MobileNetV2", insert, insert_args, insert_at, positions=("stage",), insert_levels=insert_levels
+        )
         if output_stride not in OUTPUT_STRIDES:
             raise ConfigError(
                 f"MobileNetV2 output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}"
@@ -140,12 +145,17 @@ class MobileNetV2(FreezableBackbone):
         )
         self.inserts = nn.ModuleDict()  # after each level, keyed by its name
         if insert is not None:
+            levels = insert_levels_of("MobileNetV2", self.feature_info, insert_at, insert_levels)
             for info in self.feature_info:
-                self.inserts[info.name] = build_insert(insert, insert_args, info.channels, "MobileNetV2")
-            self.insert_names = tuple(f"inserts.{info.name}" for info in self.feature_info)
+                if info.name in levels:
+                    self.inserts[info.name] = build_insert(insert, insert_args, info.channels, "MobileNetV2")
+            self.insert_names = tuple(f"inserts.{name}" for name in self.inserts)
             self.stage_modules = (
                 self.stage_modules[0],
-                *((*stage, name) for stage, name in zip(self.stage_modules[1:], self.insert_names)),
+                *(
+                    (*stage, *((f"inserts.{info.name}",) if info.name in self.inserts else ()))
+                    for stage, info in zip(self.stage_modules[1:], self.feature_info)
+                ),
             )
         self.configure_freezing(frozen_stages, freeze_bn, freeze_bn_affine)
 
@@ -173,6 +183,7 @@ def build_mobilenet_v2(
     insert: str | None = None,
     insert_args: dict[str, Any] | None = None,
     insert_at: str = "stage",
+    insert_levels: Sequence[str] | None = None,
 ) -> MobileNetV2:
     """MobileNetV2; ``pretrained``: a weight file, ``"offline"`` (packaged file) or ``"torchvision"`` (download)."""
     model = MobileNetV2(
@@ -184,6 +195,7 @@ def build_mobilenet_v2(
         insert=insert,
         insert_args=insert_args,
         insert_at=insert_at,
+        insert_levels=insert_levels,
     )
     if pretrained is not None:
         source = pretrained

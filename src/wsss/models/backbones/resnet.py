@@ -35,7 +35,7 @@ Inputs of any size work: every stride-2 layer pads so that an H×W input gives
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -49,6 +49,7 @@ from wsss.models.backbones.base import (
     FreezableBackbone,
     build_insert,
     check_insert_options,
+    insert_levels_of,
     load_backbone_weights,
 )
 from wsss.registry import BACKBONES
@@ -106,9 +107,10 @@ class ResNet(FreezableBackbone):
         insert: str | None = None,
         insert_args: dict[str, Any] | None = None,
         insert_at: str = "block",
+        insert_levels: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        check_insert_options(f"ResNet-{depth}", insert, insert_args, insert_at)
+        check_insert_options(f"ResNet-{depth}", insert, insert_args, insert_at, insert_levels=insert_levels)
         if depth not in RESNET_DEPTHS:
             raise ConfigError(f"ResNet depth must be one of {sorted(RESNET_DEPTHS)}, got {depth}")
         if output_stride not in DILATION_PATTERNS:
@@ -135,13 +137,21 @@ class ResNet(FreezableBackbone):
         )
         self.inserts = nn.ModuleDict()  # between-stage inserts, keyed by level name
         if insert is not None:
-            self._insert(insert, insert_args, insert_at, f"ResNet-{depth}")
+            self._insert(insert, insert_args, insert_at, f"ResNet-{depth}", insert_levels)
         self.configure_freezing(frozen_stages, freeze_bn, freeze_bn_affine)
 
-    def _insert(self, insert: str, insert_args: dict[str, Any] | None, insert_at: str, owner: str) -> None:
+    def _insert(
+        self,
+        insert: str,
+        insert_args: dict[str, Any] | None,
+        insert_at: str,
+        owner: str,
+        insert_levels: Sequence[str] | None = None,
+    ) -> None:
         """Place the inserted modules; a stage's inserts freeze with that stage."""
         layers = (self.layer1, self.layer2, self.layer3, self.layer4)
         names: list[str] = []
+        levels = insert_levels_of(owner, self.feature_info, insert_at, insert_levels)
         if insert_at == "block":
             for k, layer in enumerate(layers, 1):
                 for i, block in enumerate(layer):
@@ -150,11 +160,12 @@ class ResNet(FreezableBackbone):
                     names.append(f"layer{k}.{i}.insert")
         else:
             for info in self.feature_info:
-                self.inserts[info.name] = build_insert(insert, insert_args, info.channels, owner)
-                names.append(f"inserts.{info.name}")
+                if info.name in levels:
+                    self.inserts[info.name] = build_insert(insert, insert_args, info.channels, owner)
+                    names.append(f"inserts.{info.name}")
             self.stage_modules = (
                 self.stage_modules[0],
-                *((f"layer{k}", f"inserts.stage{k}") for k in range(1, 5)),
+                *((f"layer{k}", *(n for n in names if n == f"inserts.stage{k}")) for k in range(1, 5)),
             )
         self.insert_names = tuple(names)
 
@@ -188,6 +199,7 @@ def build_resnet(
     insert: str | None = None,
     insert_args: dict[str, Any] | None = None,
     insert_at: str = "block",
+    insert_levels: Sequence[str] | None = None,
 ) -> ResNet:
     """A ResNet backbone; ``pretrained`` is a local weight file or ``"torchvision"`` (download)."""
     model = ResNet(
@@ -200,6 +212,7 @@ def build_resnet(
         insert=insert,
         insert_args=insert_args,
         insert_at=insert_at,
+        insert_levels=insert_levels,
     )
     if pretrained is not None:
         report = load_backbone_weights(
@@ -220,6 +233,7 @@ def build_resnet50(
     insert: str | None = None,
     insert_args: dict[str, Any] | None = None,
     insert_at: str = "block",
+    insert_levels: Sequence[str] | None = None,
 ) -> ResNet:
     """ResNet-50 (IRN/SPU/AMR CAM backbone); ``pretrained``: weight file or ``"torchvision"``."""
     return build_resnet(
@@ -233,6 +247,7 @@ def build_resnet50(
         insert,
         insert_args,
         insert_at,
+        insert_levels,
     )
 
 
@@ -247,6 +262,7 @@ def build_resnet101(
     insert: str | None = None,
     insert_args: dict[str, Any] | None = None,
     insert_at: str = "block",
+    insert_levels: Sequence[str] | None = None,
 ) -> ResNet:
     """ResNet-101 (DeepLab-v2 segmentation backbone); ``pretrained``: weight file or ``"torchvision"``."""
     return build_resnet(
@@ -260,4 +276,5 @@ def build_resnet101(
         insert,
         insert_args,
         insert_at,
+        insert_levels,
     )

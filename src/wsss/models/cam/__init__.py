@@ -2,7 +2,8 @@
 
 import wsss.models.cam.amr  # fills CAM_MODELS: amr
 import wsss.models.cam.plain_cam  # fills CAM_MODELS: cam
-import wsss.models.cam.seam  # noqa: F401  (fills CAM_MODELS: seam)
+import wsss.models.cam.seam  # fills CAM_MODELS: seam
+import wsss.models.cam.spu  # noqa: F401  (fills CAM_MODELS: spu)
 from wsss.models.cam.transcam import (
     EXTRACT_METHODS,
     TransCAM,
