@@ -22,3 +22,12 @@ def test_a_classes_file_or_an_error_that_says_what_to_give(tmp_path) -> None:
     assert class_list(path) == ("background", "cat", "dog")
     with pytest.raises(DataError, match=r"class list 'vco' is neither voc nor coco nor a file"):
         class_list("vco")
+
+
+def test_foreground_only_and_background_first_files_name_the_same_classes(tmp_path) -> None:
+    """The folder dataset's convention everywhere: a leading 'background' line is optional, so the
+    same masks get the same class names from either file (a shifted table was issue 16's bug)."""
+    fg, full = tmp_path / "fg.txt", tmp_path / "full.txt"
+    fg.write_text("cat\ndog\n")
+    full.write_text("background\ncat\ndog\n")
+    assert class_list(fg) == class_list(full) == ("background", "cat", "dog")

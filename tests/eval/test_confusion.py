@@ -15,7 +15,7 @@ from wsss.data.palette import write_label_png
 from wsss.errors import DataError
 from wsss.eval.confusion import ConfusionMatrix, confusion_matrix
 from wsss.eval.metrics import format_table, iou_per_class, mean_iou, scores
-from wsss.eval.runner import evaluate_label_dir, read_class_names, read_name_list
+from wsss.eval.runner import evaluate_label_dir, read_name_list
 
 # 3 classes; class 2 is absent (no GT, no prediction); 255 in GT is ignored, 255 in pred is "uncertain".
 GT_A = np.array(
@@ -202,8 +202,6 @@ def test_name_and_class_lists(tmp_path):
         read_name_list(tmp_path / "empty.txt")
     with pytest.raises(DataError, match="list file not found"):
         read_name_list(tmp_path / "nope.txt")
-    (tmp_path / "classes.txt").write_text("background\ncat\ndog\n")
-    assert read_class_names(tmp_path / "classes.txt") == ["background", "cat", "dog"]
 
 
 def _cli(argv):
@@ -227,6 +225,17 @@ def test_cli_evaluate_prints_table_and_writes_json(tmp_path, capsys):
     miou = float(np.mean(np.diag(m) / (m.sum(0) + m.sum(1) - np.diag(m))))
     assert math.isclose(saved["miou"], miou, abs_tol=1e-12)
     assert f"mIoU {100 * miou:.2f}" in printed and "dog" in printed
+    # the folder dataset's classes.txt (foreground only) names the same rows: no shift by one
+    (tmp_path / "fg.txt").write_text("cat\ndog\n")
+    assert _cli([*argv, "--classes", str(tmp_path / "fg.txt"), "--out", str(out), "--no-progress"]) == 0
+    assert [c["name"] for c in json.loads(out.read_text())["per_class"]] == ["background", "cat", "dog"]
+    assert "classes: background + 2 (cat, dog)" in capsys.readouterr().out
+    assert _cli([*argv, "--classes", "voc", "--out", str(out), "--no-progress"]) == 0  # built-in names
+    assert [c["name"] for c in json.loads(out.read_text())["per_class"]][:3] == [
+        "background",
+        "aeroplane",
+        "bicycle",
+    ]
     # Skipping uncertain pixels changes the count of image a (two pixels fewer).
     _cli([*argv, "--num-classes", "3", "--uncertain", "skip", "--out", str(out), "--no-progress"])
     assert json.loads(out.read_text())["pixels"] == int(m.sum()) - 2

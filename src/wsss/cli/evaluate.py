@@ -29,17 +29,25 @@ def _add_ground_truth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gt", type=Path, required=True, metavar="DIR", help="folder of <name>.png GT masks")
     p.add_argument("--list", type=Path, required=True, metavar="FILE", dest="list_file", help="image names")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--classes", type=Path, metavar="FILE", help="class names, one per line, background first")
+    g.add_argument(
+        "--classes",
+        metavar="voc|coco|FILE",
+        help="voc, coco, or a classes.txt: foreground names one per line in mask-index order (index 1 "
+        "first); a leading 'background' line is optional",
+    )
     g.add_argument(
         "--num-classes", type=_num_classes_arg, metavar="N", help="number of classes incl. background"
     )
 
 
 def _classes(args: argparse.Namespace) -> tuple[int, list[str] | None]:
-    from wsss.eval.runner import read_class_names
+    from wsss.data.base import class_list
 
     if args.classes is not None:
-        names = read_class_names(args.classes)
+        names = list(class_list(args.classes))
+        print(
+            f"classes: background + {len(names) - 1} ({', '.join(names[1:4])}{', …' if len(names) > 4 else ''})"
+        )
         return len(names), names
     return args.num_classes, None
 

@@ -111,15 +111,20 @@ BUILTIN_CLASS_LISTS = {"voc": VOC_CLASSES, "coco": COCO_CLASSES}  # index 0 back
 
 def class_list(spec: str | os.PathLike) -> tuple[str, ...]:
     """Class names by name (``voc``: 21, ``coco``: 81, in the converters' mask order) or from a
-    ``classes.txt`` path (background first), so scoring VOC needs no class file of one's own."""
+    ``classes.txt`` path, so scoring VOC needs no class file of one's own.
+
+    A file follows the folder dataset's convention: foreground names in mask-index order (index 1
+    first), with an optional leading ``background`` line. One convention for every command: a
+    foreground-only file read as background-first shifted every class name by one."""
     if str(spec).lower() in BUILTIN_CLASS_LISTS:
         return BUILTIN_CLASS_LISTS[str(spec).lower()]
     if not Path(spec).is_file():
         raise DataError(
             f"class list '{spec}' is neither {' nor '.join(BUILTIN_CLASS_LISTS)} nor a file; give one of "
-            "those names or the path of a classes.txt (one name per line, background first)"
+            "those names or the path of a classes.txt (foreground names one per line, index 1 first; "
+            "a leading 'background' line is optional)"
         )
-    return read_class_names(spec)
+    return read_class_names(spec, background_optional=True)
 
 
 def check_files_exist(paths: Sequence[Path], list_file: Path | str, what: str = "image") -> None:

@@ -47,17 +47,6 @@ def read_name_list(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def read_class_names(path: str | os.PathLike) -> list[str]:
-    """Class names, one per line with background first (``classes.txt``); blank lines skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"class-name file not found: {path}")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(names) < 2:
-        raise DataError(f"class-name file {path} must list background and at least one class, one per line")
-    return names
-
-
 def _check_class_names(class_names: Sequence[str] | None, num_classes: int) -> None:
     if class_names is not None and len(class_names) != num_classes:
         raise DataError(f"{len(class_names)} class names given for num_classes={num_classes}")
