@@ -54,12 +54,14 @@ from wsss.stages import (
     eval_cams,
     make_cams,
     make_labels,
+    make_uns_cams,
     predict,
     pretrain_cls,
     random_walk,
     train_affinity,
     train_cls,
     train_seg,
+    train_uns,
 )
 from wsss.stages.context import StageContext
 from wsss.stages.train_cls import PRETRAIN, heat_mask_folder, missing_pretrain, null_section
@@ -73,6 +75,8 @@ STAGES: dict[str, ModuleType] = {
         make_cams,
         eval_cams,
         make_labels,
+        train_uns,
+        make_uns_cams,
         train_affinity,
         random_walk,
         train_seg,
@@ -168,6 +172,18 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
         "train-seg": seg,
         "cycle-seg": cycle,
     }
+    if recipe.uns is not None:
+        u = recipe.uns
+        wanted["train-uns"] = [
+            (BACKBONES, u.backbone, "uns.backbone", {}, ""),
+            (LOSSES, u.loss, "uns.loss", u.loss_args, "uns.loss_args"),
+        ]
+        wanted["make-uns-cams"] = [(LABEL_GENERATORS, u.labels.mode, "uns.labels.mode", {}, "")]
+    elif {"train-uns", "make-uns-cams"} & set(names):
+        raise ConfigError(
+            "stages train-uns and make-uns-cams need the recipe's 'uns' section (SPU's noise suppression); "
+            "add one (see synth/spu-nano) or drop those stages"
+        )
     # named settings outside the registries: CRF presets and segmentation test protocols
     named = {
         "make-labels": [(get_preset, recipe.labels.crf, "labels.crf")],
@@ -205,6 +221,7 @@ def _weight_files(recipe: Recipe, stage: str) -> list[tuple[str, str | None]]:
         "pretrain-cls": pretrain,
         "train-cls": [("classifier.pretrained", recipe.classifier.pretrained)],
         "train-affinity": [("affinity.pretrained", recipe.affinity.pretrained)],
+        "train-uns": [("uns.pretrained", recipe.uns.pretrained)] if recipe.uns is not None else [],
         "train-seg": seg,
         "cycle-seg": seg,
     }.get(stage, [])
@@ -260,6 +277,8 @@ def stage_splits(recipe: Recipe, stage: str) -> list[str]:
         "eval-cams": [d.seed_eval_split, *maps],
         "make-labels": [*maps, d.seed_eval_split],
         "train-affinity": [recipe.affinity.split or maps[0]],
+        "train-uns": [maps[0]],
+        "make-uns-cams": [*maps, d.seed_eval_split],
         "random-walk": [*maps, d.seed_eval_split],
         "train-seg": [d.train_split, *seg_val],
         "predict": recipe.predict.splits,
@@ -286,7 +305,7 @@ def check_data(ctx: StageContext, stages: list[str]) -> None:
     splits = splits_to_check(ctx, stages)
     for split in splits:
         ds = ctx.dataset(split)  # cached: the stages reuse it
-        show = ctx.dist.is_main and len(ds) >= PROGRESS_FROM
+        show = ctx.show_progress and len(ds) >= PROGRESS_FROM
         check_file_headers(ds, desc=f"check {split}", progress=show)
         count += len(ds)
     if splits:
@@ -384,8 +403,10 @@ def run_pipeline(
     stages: list[str] | None = None,
     device: str | None = None,
     shard: tuple[int, int] | None = None,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Run ``stages`` (default: the recipe's) and return the run record (also in run.json)."""
+    """Run ``stages`` (default: the recipe's) and return the run record (also in run.json).
+    ``progress``: progress bars on / off; None shows them only when stderr is a terminal."""
     run_dir = Path(run_dir)
     names = stages or recipe.stages
     check_stages(names)
@@ -395,7 +416,9 @@ def run_pipeline(
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_recipe(run_dir, recipe)
     logger = setup_run_logging(run_dir, "pipeline")
-    ctx = StageContext(recipe=recipe, run_dir=run_dir, device=dev, dist=dist, logger=logger, shard=shard)
+    ctx = StageContext(
+        recipe=recipe, run_dir=run_dir, device=dev, dist=dist, logger=logger, shard=shard, progress=progress
+    )
     # before recipe.yaml is written, so that fixing a path with --set does not count as another recipe
     # only training stages read weight files, and their is_complete is a file check (make-cams'
     # would open every CAM file, which the stage loop does anyway)

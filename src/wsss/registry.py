@@ -123,6 +123,14 @@ class Registry:
         check_kwargs(fn, kwargs, where or f"{self.kind} '{name}'")
         return fn(**kwargs)
 
+    def build_with_compat(self, name: str, where: str, kwargs: dict[str, Any], compat: str) -> Any:
+        """``build`` where a builder with a ``compat`` keyword gets the stage's ``compat`` (the
+        recipe's quirk switch) unless ``kwargs`` sets it: AMR's CPS pairing, SPU's loss form."""
+        kwargs = dict(kwargs)
+        if "compat" in inspect.signature(self.get(name, where)).parameters:
+            kwargs.setdefault("compat", compat)
+        return self.build(name, where, **kwargs)
+
 
 def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
     """Raise ConfigError naming the first keyword ``fn`` does not accept."""

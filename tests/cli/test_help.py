@@ -12,6 +12,8 @@ import pytest
 from wsss.cli import build_parser, main
 from wsss.cli.pipeline import SHARDED_STAGES, STAGE_HELP, STAGE_NAMES
 
+SHARDED = {"make-cams", "make-labels", "make-uns-cams", "random-walk", "predict"}  # map stages
+
 HEAVY = ("torch", "torchvision", "numpy", "PIL", "matplotlib", "scipy", "tqdm")
 
 # Runs the CLI in a fresh interpreter, then reports which heavy modules that imported.
@@ -111,14 +113,14 @@ def test_unknown_stage_is_one_line_listing_the_valid_ones(capsys: pytest.Capture
 def test_shard_only_on_sharded_stages(stage: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 17: every stage command offered --shard; only the map stages split their images."""
     argv = [stage, "synth/bnr-nano", "--out", "x", "--shard", "0/2"]
-    if stage in ("make-cams", "make-labels", "random-walk", "predict"):
+    if stage in SHARDED:
         assert build_parser().parse_args(argv).shard == "0/2"
     else:
         with pytest.raises(SystemExit) as info:
             build_parser().parse_args(argv)
         assert info.value.code == 2
         assert "unrecognized arguments: --shard 0/2" in capsys.readouterr().err
-    assert set(SHARDED_STAGES) == {"make-cams", "make-labels", "random-walk", "predict"}
+    assert set(SHARDED_STAGES) == SHARDED
 
 
 def test_run_keeps_shard() -> None:

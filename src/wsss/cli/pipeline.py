@@ -16,6 +16,8 @@ STAGE_NAMES = (
     "make-cams",
     "eval-cams",
     "make-labels",
+    "train-uns",
+    "make-uns-cams",
     "train-affinity",
     "random-walk",
     "train-seg",
@@ -44,6 +46,16 @@ STAGE_HELP = {
         "turn CAM files into pseudo-labels and score them",
         "Turn CAM files into pseudo-labels (threshold / confident / PSA alpha, + CRF) and score them.",
     ),
+    "train-uns": (
+        "train SPU's noise-suppression network on the labels",
+        "Train SPU's UNS network (label-conditioned, two heads, uncertainty-rectified loss) on the "
+        "confident labels of make-labels.",
+    ),
+    "make-uns-cams": (
+        "write the UNS network's maps, their labels and scores",
+        "Write the UNS network's maps as CAM files (uns-cams/), their confident labels (uns-labels/) "
+        "and the scores of both; the affinity net and the walk then read these.",
+    ),
     "train-affinity": (
         "train AffinityNet or IRN on the confident labels",
         "Train PSA's AffinityNet (or IRN) on the confident labels.",
@@ -67,7 +79,7 @@ STAGE_HELP = {
 }
 
 # Map stages that split their images with --shard I/N (they call StageContext.my_indices).
-SHARDED_STAGES = ("make-cams", "make-labels", "random-walk", "predict")
+SHARDED_STAGES = ("make-cams", "make-labels", "make-uns-cams", "random-walk", "predict")
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -90,6 +102,14 @@ def _add_run_options(p: argparse.ArgumentParser, *, out_required: bool, shard: b
     )
     p.add_argument("--out", required=out_required, type=Path, help="run directory")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the recipe's)")
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const=False,
+        default=None,
+        help="no progress bars (they are off anyway when stderr is not a terminal, e.g. in a log file)",
+    )
     if shard:
         p.add_argument(
             "--shard",
@@ -144,7 +164,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     out = args.out or _default_out(args.recipe)
-    record = run_pipeline(recipe, out, stages=stages, device=args.device, shard=_parse_shard(args.shard))
+    record = run_pipeline(
+        recipe, out, stages=stages, device=args.device, shard=_parse_shard(args.shard), progress=args.progress
+    )
     if not _is_main():
         return 0
     from wsss.report import REPORT_NAME, summary_lines
@@ -166,7 +188,9 @@ def _stage_command(stage: str):
 
         recipe = load_recipe(args.recipe, args.overrides)
         shard = _parse_shard(getattr(args, "shard", None))
-        run_pipeline(recipe, args.out, stages=[stage], device=args.device, shard=shard)
+        run_pipeline(
+            recipe, args.out, stages=[stage], device=args.device, shard=shard, progress=args.progress
+        )
         if _is_main():
             print(f"{stage}: done in {args.out}")
         return 0

@@ -33,7 +33,7 @@ class TrainerConfig:
 
     epochs: int = 22
     batch_size: int = 8
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     schedule: Literal["constant", "poly"] = "constant"  # poly: lr·(1 − step/total)^0.9 per step
     lr: float = 5.0e-5
     weight_decay: float = 5.0e-4
@@ -144,6 +144,42 @@ class LabelConfig:
 
 
 @dataclass
+class UNSConfig(TrainerConfig):
+    """Stages ``train-uns`` and ``make-uns-cams``: SPU's uncertainty-guided noise suppression.
+
+    A label-conditioned two-head network (``models/seg/uns.py``) trained on ``make-labels``' confident
+    labels with the uncertainty-rectified loss; its main-head maps become the CAMs (``RUN/uns-cams``)
+    and the labels (``RUN/uns-labels``) that the affinity net and the walk read instead. Defaults are
+    SPU's released ``train_uns.py``: Adam, backbone lr 5e-6, new layers 1e-4, 10 epochs, batch 16.
+    """
+
+    backbone: str = "resnet50"
+    pretrained: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    loss: str = "uncertainty_rectified"  # LOSSES registry name (needs the main and the auxiliary head)
+    loss_args: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 16
+    optimizer: Literal["adamw", "adam", "sgd"] = "adam"
+    schedule: Literal["constant", "poly"] = "constant"
+    lr: float = 5.0e-6
+    weight_decay: float = 1.0e-4
+    head_lr_mult: float = 20.0  # new layers at 1e-4
+    scale: tuple[float, float] = (0.5, 1.5)
+    crop_size: int = 512
+    flip: bool = True
+    color_jitter: tuple[float, float, float, float] | None = None
+    # UNS CAMs: main-head logits averaged over these relative scales and their flips, softmax over
+    # every class, the image's classes kept and min-max normalised where the first labels are not
+    # background (elsewhere the softmax stays), stored at ``cams.stride``
+    cam_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
+    cam_flip: bool = True
+    # the labels made from the UNS CAMs (SPU: confident 0.45 / 0.15 + label CRF; set them in the
+    # recipe: a nested section's unset keys take LabelConfig's own defaults)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+
+
+@dataclass
 class AffinityConfig(TrainerConfig):
     """Stage ``train-affinity``: PSA's AffinityNet on the confident labels of ``make-labels``.
 
@@ -157,7 +193,7 @@ class AffinityConfig(TrainerConfig):
     split: str | None = None  # images whose confident labels train it; None: the first CAM split
     epochs: int = 8
     batch_size: int = 8
-    optimizer: Literal["adamw", "sgd"] = "sgd"
+    optimizer: Literal["adamw", "adam", "sgd"] = "sgd"
     schedule: Literal["constant", "poly"] = "poly"
     lr: float = 0.01
     weight_decay: float = 5.0e-4
@@ -205,7 +241,7 @@ class SegConfig(TrainerConfig):
     labels: str = (
         "pseudo"  # pseudo: random-walk masks if made, else make-labels; gt: ground truth; or a folder
     )
-    loss: str = "ce"  # LOSSES registry name: ce | puf
+    loss: str = "ce"  # LOSSES registry name: ce | puf | uncertainty_rectified (needs an auxiliary head)
     loss_args: dict[str, Any] = field(default_factory=dict)
     # PMM's cyclic round (stage cycle-seg) trains its fresh model with its own loss: the authors'
     # round-2 configs use plain cross-entropy (PUF only in round 1's ``_pus`` config).
@@ -213,7 +249,7 @@ class SegConfig(TrainerConfig):
     cycle_loss_args: dict[str, Any] = field(default_factory=dict)
     epochs: int = 19
     batch_size: int = 10
-    optimizer: Literal["adamw", "sgd"] = "sgd"
+    optimizer: Literal["adamw", "adam", "sgd"] = "sgd"
     schedule: Literal["constant", "poly"] = "poly"
     lr: float = 1.0e-3
     weight_decay: float = 5.0e-4
@@ -272,6 +308,7 @@ class Recipe:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     cams: CamConfig = field(default_factory=CamConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
+    uns: UNSConfig | None = None  # SPU's noise suppression (stages train-uns, make-uns-cams); null: none
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     random_walk: RandomWalkConfig = field(default_factory=RandomWalkConfig)
     segmentation: SegConfig = field(default_factory=SegConfig)

@@ -5,7 +5,8 @@ import wsss.losses.amr  # fills METHODS: amr
 import wsss.losses.cam
 import wsss.losses.seam  # fills METHODS: seam
 import wsss.losses.seg  # fills LOSSES: ce, puf
-import wsss.losses.spu  # noqa: F401  (fills METHODS: spu)
+import wsss.losses.spu  # fills METHODS: spu
+import wsss.losses.uncertainty  # noqa: F401  (fills LOSSES: uncertainty_rectified)
 from wsss.losses import bnr
 from wsss.losses import irn as irn  # fills LOSSES: irn
 

@@ -4,6 +4,7 @@ in a (possibly distributed) job, plus the run directory's file layout in one pla
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,29 @@ class RunPaths:
         return self.root / "labels"
 
     @property
+    def uns_dir(self) -> Path:
+        """SPU's UNS network (``train-uns``)."""
+        return self.root / "train-uns"
+
+    @property
+    def uns_state(self) -> Path:
+        return self.uns_dir / "state.pt"
+
+    @property
+    def uns_weights(self) -> Path:
+        return self.uns_dir / "model.safetensors"
+
+    @property
+    def uns_cam_dir(self) -> Path:
+        """The UNS network's CAMs (``make-uns-cams``)."""
+        return self.root / "uns-cams"
+
+    @property
+    def uns_label_dir(self) -> Path:
+        """Confident labels of the UNS CAMs (``make-uns-cams``)."""
+        return self.root / "uns-labels"
+
+    @property
     def affinity_dir(self) -> Path:
         return self.root / "train-affinity"
 
@@ -128,11 +152,19 @@ class StageContext:
     dist: DistInfo
     logger: logging.Logger
     shard: tuple[int, int] | None = None  # (index, count) from --shard i/n; overrides DDP ranks
+    # progress bars: None = only when stderr is a terminal (a log file gets no bar per image)
+    progress: bool | None = None
     _datasets: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def paths(self) -> RunPaths:
         return RunPaths(self.run_dir)
+
+    @property
+    def show_progress(self) -> bool:
+        """Whether this process draws progress bars: the main process, when asked or on a terminal."""
+        wanted = self.progress if self.progress is not None else sys.stderr.isatty()
+        return self.dist.is_main and wanted
 
     def my_indices(self, n: int) -> list[int]:
         """Indices of the n items this process handles (sharded map stages)."""
@@ -164,6 +196,21 @@ class StageContext:
             self.logger.info("split %s has no complete ground truth (%s); not scored", split, exc)
             return None
         return ds if ds.has_masks else None
+
+    @property
+    def refines_cams(self) -> bool:
+        """Whether the recipe replaces the CAMs by a refinement stage's (SPU's ``make-uns-cams``)."""
+        return "make-uns-cams" in self.recipe.stages
+
+    @property
+    def walk_cam_dir(self) -> Path:
+        """The CAMs the random walk starts from: the refined ones when the recipe makes them."""
+        return self.paths.uns_cam_dir if self.refines_cams else self.paths.cam_dir
+
+    @property
+    def affinity_label_dir(self) -> Path:
+        """The confident labels the affinity network trains on: the refined CAMs' when there are any."""
+        return self.paths.uns_label_dir if self.refines_cams else self.paths.label_dir
 
     @property
     def map_splits(self) -> list[str]:

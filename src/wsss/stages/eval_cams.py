@@ -9,6 +9,7 @@ files) is listed under ``not_scored`` with the reason, so the record says why no
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,14 +36,20 @@ def is_complete(ctx: StageContext) -> bool:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    return evaluate_cams(ctx, ctx.paths.cam_dir, "cams")
+
+
+def evaluate_cams(ctx: StageContext, folder: Path, out_name: str) -> dict[str, Any]:
+    """Score and describe the CAM files in ``folder`` (the threshold sweep on every split with
+    masks, the GT-free threshold, the value statistics); written to ``eval/<out_name>.json``. Any
+    stage that makes CAMs (``make-uns-cams`` too) records its seeds with this one function."""
     r = ctx.recipe
     thresholds = _thresholds(ctx)
-    folder = ctx.paths.cam_dir
     results: dict[str, Any] = {}
     not_scored: dict[str, str] = {}
     chosen = r.evaluate.fixed_threshold
     chosen_from = "evaluate.fixed_threshold" if chosen is not None else None
-    values = _cam_values(ctx)
+    values = _cam_values(ctx, folder)
     if r.evaluate.threshold == "auto":
         if chosen is not None:
             raise ConfigError(
@@ -77,7 +84,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             class_names=ds.class_names,
             fixed_threshold=chosen,
             mean=r.evaluate.mean,
-            progress=ctx.dist.is_main,
+            progress=ctx.show_progress,
         )
         sweep = res["sweep"]
         if sweep["best"] is None:
@@ -90,7 +97,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         plot_threshold_curve(
             sweep["thresholds"],
             sweep["miou"],
-            ctx.paths.eval_dir / f"threshold_curve_{split}.png",
+            ctx.paths.eval_dir / f"threshold_curve_{split}.png"
+            if out_name == "cams"
+            else ctx.paths.eval_dir / f"threshold_curve_{out_name}_{split}.png",
             best=(sweep["best"]["threshold"], sweep["best"]["miou"]),
             fixed=(chosen, res["fixed"]["miou"]) if res["fixed"] else None,
             title=f"CAM seed mIoU vs background threshold ({split})",
@@ -122,15 +131,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "cam_values": values,
         "warnings": values["warnings"] if values else [],
     }
-    write_json(ctx.paths.eval_dir / "cams.json", {"summary": summary, "details": results})
+    write_json(ctx.paths.eval_dir / f"{out_name}.json", {"summary": summary, "details": results})
     return summary
 
 
-def _cam_values(ctx: StageContext) -> dict[str, Any] | None:
+def _cam_values(ctx: StageContext, folder: Path) -> dict[str, Any] | None:
     """CAM value statistics of the seed-evaluation split (no ground truth needed; the masks' object
     share is added from the sweep); None while some of its CAM files are missing."""
     ds = ctx.dataset(ctx.recipe.data.seed_eval_split)
-    folder = ctx.paths.cam_dir
     if not all(cam_file_complete(folder / f"{n}.npz") for n in ds.names):
         return None
     return cam_value_stats(folder, ds.names, ds.class_names)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from wsss.cams.files import load_cam
+from wsss.config.schema import LabelConfig
 from wsss.data.images import read_image
 from wsss.data.palette import write_label_png
 from wsss.engine import barrier
@@ -72,23 +73,27 @@ def _write_one(job: tuple[dict[str, Any], Path, Path, Path, int]) -> None:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    r = ctx.recipe
-    cfg = asdict(r.labels)
+    return write_labels(ctx, ctx.recipe.labels, ctx.paths.cam_dir, ctx.paths.label_dir, "labels")
+
+
+def write_labels(
+    ctx: StageContext, labels: LabelConfig, cam_dir: Path, folder: Path, eval_name: str, desc: str = NAME
+) -> dict[str, Any]:
+    """Pseudo-labels of every pending image from the CAM files in ``cam_dir`` into ``folder``, then
+    scored as ``eval/<eval_name>.json``; one code path for every stage that turns CAMs into labels."""
+    cfg = asdict(labels)
     check_label_config(cfg)  # settings errors before the first image, not from a pool worker
     cam_transform(cfg)  # its arguments fail here too
-    folder, cam_dir = ctx.paths.label_dir, ctx.paths.cam_dir
     jobs = [
         (cfg, cam_dir / f"{ds.names[i]}.npz", ds.image_path(i), folder / f"{ds.names[i]}.png", ds.num_classes)
         for ds, i in pending(ctx, folder, ".png")
     ]
     done = sum(
         1
-        for _ in parallel_map(
-            _write_one, jobs, workers=r.labels.workers, desc=NAME, progress=ctx.dist.is_main
-        )
+        for _ in parallel_map(_write_one, jobs, workers=labels.workers, desc=desc, progress=ctx.show_progress)
     )
     barrier()
     out: dict[str, Any] = {"written": done}
     if ctx.dist.is_main:
-        out.update(score_label_folder(ctx, folder, "labels"))
+        out.update(score_label_folder(ctx, folder, eval_name))
     return out

@@ -48,7 +48,7 @@ def predict_split(ctx: StageContext, model: torch.nn.Module, ds: Any, folder: Pa
     """Write this process's missing predictions of ``ds`` into ``folder``; return how many."""
     kwargs, crf = _settings(ctx)
     todo = [i for i in ctx.my_indices(len(ds)) if not (folder / f"{ds.names[i]}.png").is_file()]
-    for i in tqdm(todo, desc=desc, unit="img", disable=not ctx.dist.is_main):
+    for i in tqdm(todo, desc=desc, unit="img", disable=not ctx.show_progress):
         image = read_image(ds.image_path(i))
         x = normalise_image(torch.as_tensor(image).permute(2, 0, 1))
         with torch.no_grad():

@@ -81,10 +81,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     todo = pending(ctx, folder, ".png")
     if todo:
         model = load_trained_affinity(ctx).to(ctx.device).eval()
-        for ds, i in tqdm(todo, desc=NAME, unit="img", disable=not ctx.dist.is_main):
+        for ds, i in tqdm(todo, desc=NAME, unit="img", disable=not ctx.show_progress):
             name = ds.names[i]
             image = read_image(ds.image_path(i))
-            rec = load_cam(ctx.paths.cam_dir / f"{name}.npz")
+            rec = load_cam(ctx.walk_cam_dir / f"{name}.npz")
             label = walk_one(model, image, rec, settings, ctx.device)
             if w.crf is not None:
                 space = ds.num_classes if w.crf_label_space == "dataset" else None

@@ -68,7 +68,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     seed_everything(r.seed)
     split = training_split(ctx)
     transform = affinity_transform(a)
-    ds = PseudoLabelDataset(ctx.dataset(split), ctx.paths.label_dir, transform)
+    ds = PseudoLabelDataset(ctx.dataset(split), ctx.affinity_label_dir, transform)
     model = build_affinity_model(ctx).to(ctx.device)
 
     def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

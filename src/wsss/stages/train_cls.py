@@ -17,7 +17,6 @@ with a warning when the classifier barely beats a random ranking (``wsss.eval.mu
 from __future__ import annotations
 
 import hashlib
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -215,11 +214,7 @@ def validate(
 def build_method(c: ClassifierConfig, compat: str, section: str = "classifier") -> Objective:
     """The section's objective; a builder with a ``compat`` keyword gets the stage's compat (AMR's
     CPS pairing) unless ``method_args`` sets it."""
-    kwargs = dict(c.method_args)
-    builder = METHODS.get(c.method, f"{section}.method")
-    if "compat" in inspect.signature(builder).parameters:
-        kwargs.setdefault("compat", compat)
-    return METHODS.build(c.method, where=f"{section}.method", **kwargs)
+    return METHODS.build_with_compat(c.method, f"{section}.method", c.method_args, compat)
 
 
 def missing_pretrain(ctx: StageContext) -> str:

@@ -125,8 +125,18 @@ class SegLoss:
     args: dict[str, Any]
     where: str
 
-    def build(self) -> nn.Module:
-        return LOSSES.build(self.name, where=self.where, **self.args)
+    def build(self, compat: str = "clean") -> nn.Module:
+        """The loss; a builder with a ``compat`` keyword gets ``compat`` unless ``args`` sets it
+        (as ``train_cls.build_method`` does for objectives)."""
+        return LOSSES.build_with_compat(self.name, self.where, self.args, compat)
+
+
+def _no_aux_head(loss: SegLoss, model: str) -> str:
+    return (
+        f"{loss.where} '{loss.name}' compares the main and auxiliary heads, but segmentation.model "
+        f"'{model}' has no auxiliary head (aux_weight 0); use a model with an auxiliary head, e.g. "
+        "segmentation.model=pspnet with model_args.aux_weight > 0"
+    )
 
 
 def train_segmentation(
@@ -144,12 +154,22 @@ def train_segmentation(
     else:
         ds = PseudoLabelDataset(ctx.dataset(r.data.train_split), source, transform)
     model = build_seg_model(ctx, ds.num_classes).to(ctx.device)
-    loss_fn = loss.build()
+    loss_fn = loss.build(s.compat or r.compat)
     aux_weight = float(getattr(model, "aux_weight", 0.0) or 0.0)
+    # A loss that compares the two heads (SPU's uncertainty_rectified) takes the auxiliary logits
+    # itself; the model's aux_weight then only says that the head exists.
+    needs_aux = bool(getattr(loss_fn, "needs_aux_head", False))
+    if needs_aux and aux_weight <= 0:
+        raise ConfigError(_no_aux_head(loss, s.model))
 
     def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x = batch["image"].to(ctx.device, non_blocking=True)
         y = batch["mask"].to(ctx.device, non_blocking=True).long()
+        if needs_aux:
+            out = net(x, with_aux=True)
+            if out.aux is None:
+                raise ConfigError(_no_aux_head(loss, s.model))
+            return loss_fn(out.logits, y, out.aux)
         if aux_weight > 0:
             out = net(x, with_aux=True)
             return deep_supervision_loss(loss_fn, out.logits, y, out.aux, aux_weight)

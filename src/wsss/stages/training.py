@@ -70,7 +70,9 @@ def build_optimizer(
             compat=compat,
         )
         return opt, (sched if cfg.schedule == "poly" else None)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # adam: L2 decay added to the gradient (torch.optim.Adam, SPU's UNS); adamw: decoupled decay
+    optimizer_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    opt = optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "poly":
         return opt, torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=max(1, total_steps), power=0.9)
     return opt, None
