@@ -14,6 +14,14 @@ is also given its images' label vectors, the flip and the scale, and fuses the m
 The per-scale resize is PIL bicubic on the uint8 image by default (``resize="pil"``), as
 TransCAM, PSA and IRN resize; ``resize="torch"`` uses torchvision's antialiased bicubic on the
 device instead (see :func:`resize_image` for how far the two differ).
+
+Speed (same maps up to float rounding): ``forward_images`` caps how many images of a group (each
+with its flip) share one forward: on a CPU small batches keep the activations in cache (one image
++ flip per forward ran MobileNetV2 1.2-1.5x faster per image than four). :func:`prepare_cam_model`
+folds eval-mode BatchNorm into the convolution before it and can switch the network to
+channels-last (NHWC) tensors, oneDNN's fast layout on a CPU. Only the image's classes are
+upsampled (an absent class's map is multiplied by 0), and the ``pil`` kernel converts each image
+to PIL once for all scales; both leave the sums bit for bit as they were.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.parametrize import is_parametrized
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -75,11 +86,67 @@ def resize_image(
     h, w = size
     if kernel == "torch":
         return TF.resize(img.to(device), [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return _pil_resize(_as_pil(img), size, device)
+
+
+def _as_pil(img: torch.Tensor) -> Image.Image:
+    """A uint8 3×H×W tensor as an RGB PIL image (what the ``pil`` kernel resizes)."""
     if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
         raise ValueError(f"PIL resizing needs a uint8 (3, H, W) image, got {img.dtype} {tuple(img.shape)}")
-    pixels = img.detach().to("cpu").permute(1, 2, 0).contiguous().numpy()
-    out = Image.fromarray(pixels).resize((w, h), Image.Resampling.BICUBIC)
+    return Image.fromarray(img.detach().to("cpu").permute(1, 2, 0).contiguous().numpy())
+
+
+def _pil_resize(pil: Image.Image, size: tuple[int, int], device: torch.device | str) -> torch.Tensor:
+    h, w = size
+    out = pil.resize((w, h), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.array(out)).permute(2, 0, 1).contiguous().to(device)
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold, in place, every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` inside
+    an ``nn.Sequential`` into that convolution (the norm becomes ``nn.Identity``); return how many.
+
+    In eval mode the norm is an affine map per channel, so ``bn(conv(x))`` equals the folded
+    convolution up to float rounding (~1e-6 relative), and saves the norm's pass over the
+    activations (MobileNetV2: ~15 % of a CPU forward). Only plain ``nn.Conv2d`` →
+    ``nn.BatchNorm2d`` pairs with running statistics, no hooks and no parametrisation are folded
+    (torchvision's conv-norm-activation blocks, ResNet downsample branches); a norm in training
+    mode is left alone. For inference only: the folded model no longer trains as before.
+    """
+    folded = 0
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d:
+                continue
+            if bn.training or bn.running_mean is None or bn.running_var is None:
+                continue
+            hooked = any(
+                m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or is_parametrized(m)
+                for m in (conv, bn)
+            )
+            if hooked:
+                continue
+            seq[i] = fuse_conv_bn_eval(conv, bn)
+            seq[i + 1] = nn.Identity()
+            folded += 1
+    return folded
+
+
+def prepare_cam_model(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = False) -> nn.Module:
+    """The eval-mode ``model`` made faster for CAM inference, in place: BatchNorm folded into the
+    convolutions (:func:`fold_batchnorm`) and, with ``channels_last``, its 4-D weights in NHWC
+    order (oneDNN then runs the whole network channels-last). The maps stay the same up to float
+    rounding (≤ 1e-5 after normalisation); a model in training mode is refused."""
+    if model.training:
+        raise ValueError("prepare_cam_model needs a model in eval mode (call .eval() first)")
+    if fold_bn:
+        fold_batchnorm(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def normalise_image(img: torch.Tensor) -> torch.Tensor:
@@ -117,7 +184,10 @@ def _passes(
 ) -> list[tuple[int, torch.Tensor, bool]]:
     """(row of ``batch``, raw maps, mirrored?) of one group: the flips stacked behind the images in
     one forward (``together``) or run apart; a ``needs_labels`` extractor gets the group's
-    ``labels`` and fuses the flip itself; only a ``needs_grad`` one runs with autograd on."""
+    ``labels`` and fuses the flip itself; only a ``needs_grad`` one runs with autograd on.
+
+    The plain maps come back contiguous whatever layout the network computes in (channels-last),
+    so everything after the forward runs as with a contiguous network."""
     grad = getattr(cam_fn, "needs_grad", False)
     n = len(batch)
     with torch.enable_grad() if grad else nullcontext():
@@ -125,11 +195,11 @@ def _passes(
             out = cam_fn(batch, labels, flip=flip, scale=scale).detach()
             return [(k, out[k], False) for k in range(n)]
         if together:
-            out = cam_fn(torch.cat([batch, batch.flip(-1)]) if flip else batch).detach()
+            out = cam_fn(torch.cat([batch, batch.flip(-1)]) if flip else batch).detach().contiguous()
             plain, mirrored = out[:n], out[n:]
         else:
-            plain = cam_fn(batch).detach()
-            mirrored = cam_fn(batch.flip(-1)).detach() if flip else plain[:0]
+            plain = cam_fn(batch).detach().contiguous()
+            mirrored = cam_fn(batch.flip(-1)).detach().contiguous() if flip else plain[:0]
     runs = []
     for k in range(n):
         runs.append((k, plain[k], False))
@@ -152,6 +222,7 @@ def multiscale_cams(
     target_stride: int = 1,
     device: torch.device | str = "cpu",
     resize: str = "pil",
+    forward_images: int | None = None,
 ) -> list[torch.Tensor]:
     """Summed, un-normalised foreground CAMs for each image, shape (K, ceil(H/s), ceil(W/s)), or
     (branches, K, …) for an extractor that returns branches (Grad-CAM, AdvCAM).
@@ -159,8 +230,12 @@ def multiscale_cams(
     ``images`` are uint8 3×H×W tensors (any sizes), ``labels`` K-dim multi-hot vectors; absent
     classes come out as zero maps. ``resize`` picks the kernel of the per-scale image resize
     (:func:`resize_image`: ``pil`` as the reference code, or ``torch`` on the device).
+    ``batched``: images of equal resized shape share a forward, at most ``forward_images`` of
+    them (each with its flip; None: all), in their order.
     """
     _check_kernel(resize)
+    if forward_images is not None and forward_images < 1:
+        raise ConfigError(f"forward_images must be >= 1 (or None: the whole group), got {forward_images}")
     device = torch.device(device)
     sizes = [tuple(img.shape[-2:]) for img in images]
     targets = [(math.ceil(h / target_stride), math.ceil(w / target_stride)) for h, w in sizes]
@@ -168,29 +243,47 @@ def multiscale_cams(
 
     def add(i: int, raw: torch.Tensor, in_size: tuple[int, int], flipped: bool) -> None:
         maps = raw.reshape(-1, *raw.shape[-3:])[:, 1:].float()  # (branches, K, h, w)
-        fg = _to_target(maps, in_size, output_stride, targets[i])
+        weight = labels[i].to(maps.device)
+        present = torch.nonzero(weight).flatten()
+        if len(present) == maps.shape[1]:
+            fg = _to_target(maps, in_size, output_stride, targets[i])
+        else:  # an absent class's map is multiplied by 0 below: upsample only the image's classes
+            fg = maps.new_zeros((maps.shape[0], maps.shape[1], *targets[i]))
+            if len(present):
+                fg[:, present] = _to_target(maps[:, present], in_size, output_stride, targets[i])
         fg = fg[0] if raw.ndim == 3 else fg
         if flipped:
             fg = fg.flip(-1)
-        fg = fg * labels[i].to(fg.device).view(-1, 1, 1)
+        fg = fg * weight.view(-1, 1, 1)
         sums[i] = fg if sums[i] is None else sums[i] + fg
 
+    # the PIL kernel resizes every scale from one PIL copy of each image (made once, not per scale)
+    pils = [_as_pil(img) for img in images] if resize == "pil" else None
     for scale in scales:
         resized = []
-        for img in images:
+        for i, img in enumerate(images):
             size = scaled_size(tuple(img.shape[-2:]), scale, scale_mode)
-            resized.append(normalise_image(resize_image(img, size, resize, device)))
+            pixels = (
+                _pil_resize(pils[i], size, device)
+                if pils is not None
+                else resize_image(img, size, resize, device)
+            )
+            resized.append(normalise_image(pixels))
         if batched:
-            # group images of equal resized shape; each group (plus flips) is one forward
+            # group images of equal resized shape; each group (plus flips) is one forward, or
+            # several of at most ``forward_images`` images each
             groups: dict[tuple[int, int], list[int]] = {}
             for i, x in enumerate(resized):
                 groups.setdefault(tuple(x.shape[-2:]), []).append(i)
-            for in_size, idx in groups.items():
-                batch = torch.stack([resized[i] for i in idx])
-                group_labels = torch.stack([labels[i] for i in idx]).to(device)
-                runs = _passes(cam_fn, batch, group_labels, flip=flip, scale=scale, together=True)
-                for k, raw, flipped in runs:
-                    add(idx[k], raw, in_size, flipped)
+            for in_size, members in groups.items():
+                step = forward_images or len(members)
+                for start in range(0, len(members), step):
+                    idx = members[start : start + step]
+                    batch = torch.stack([resized[i] for i in idx])
+                    group_labels = torch.stack([labels[i] for i in idx]).to(device)
+                    runs = _passes(cam_fn, batch, group_labels, flip=flip, scale=scale, together=True)
+                    for k, raw, flipped in runs:
+                        add(idx[k], raw, in_size, flipped)
         else:
             for i, x in enumerate(resized):
                 runs = _passes(

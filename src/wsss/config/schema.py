@@ -47,6 +47,11 @@ class TrainerConfig:
     sync_bn: bool = False  # DDP on GPUs: SyncBatchNorm across processes (segmentation at small per-GPU batch)
     num_workers: int = 2
     log_every: int = 20  # optimizer steps between TensorBoard scalars
+    # Layout of the training batches: channels-last (NHWC) trains MobileNetV2 1.13-1.36x faster on a CPU
+    # (oneDNN; bench/real_photo_speed.py) with the same gradients up to float rounding, which a few SGD
+    # steps grow into other (not worse) numbers; off, so the README's measured runs repeat. ``auto``:
+    # channels-last on the CPU, as loaded elsewhere.
+    channels_last: bool | Literal["auto"] = False
 
 
 @dataclass
@@ -88,7 +93,8 @@ class ClassifierConfig(TrainerConfig):
     validation_split: str | None = None
     holdout: float = 0.0
     validate_every: int = 0  # also score every N epochs (0: at the end only)
-    validation_size: int = 320  # images are scored resized to this long side (one scale, no flip)
+    # images are scored resized to this long side (one scale, no flip); null: the training crop_size
+    validation_size: int | None = None
 
 
 @dataclass
@@ -117,6 +123,15 @@ class CamConfig:
     # the maps averaged by overlap count; ``scales`` are then relative factors (PMM: 0.75 … 3.0).
     window: int | None = None
     window_stride: int = 300
+    # Speed of make-cams on a CPU; the maps stay the same up to float rounding (bench/real_photo_speed.py).
+    # ``forward_images``: images of a ``batch_images`` group (each with its flip) per forward; 0 = auto:
+    # one on the CPU (small batches stay in cache), the whole group elsewhere. ``fold_bn``: eval-mode
+    # BatchNorm folded into the convolution before it. ``channels_last``: the network in NHWC, oneDNN's
+    # fast layout (``auto``: on the CPU; true / false: everywhere / nowhere). Gradient extractors
+    # (gradcam, advcam) ignore all three.
+    forward_images: int = 0
+    fold_bn: bool = True
+    channels_last: bool | Literal["auto"] = "auto"
 
 
 @dataclass

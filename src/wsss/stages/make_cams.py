@@ -18,6 +18,11 @@ pick their blocking by batch size, so an image batched with other neighbours can
 float16 step different. A group interrupted half-way is computed again as a whole and only its
 missing files are written, so a resumed or sharded run writes exactly the files an uninterrupted
 single process does.
+
+Speed on a CPU (``cams.forward_images``, ``cams.fold_bn``, ``cams.channels_last``; the maps stay
+the same up to float rounding): one image and its flip per forward, BatchNorm folded into the
+convolutions and channels-last tensors. Gradient extractors (Grad-CAM, AdvCAM) run the model as
+trained, a whole group per forward.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from tqdm import tqdm
 from wsss.cams.extractors import BoundExtractor, get_extractor
 from wsss.cams.files import is_complete as cam_file_complete
 from wsss.cams.files import save_cam
-from wsss.cams.inference import NORMALISERS, multiscale_cams
+from wsss.cams.inference import NORMALISERS, multiscale_cams, prepare_cam_model
 from wsss.cams.multicrop import multicrop_cams
 from wsss.errors import ConfigError
 from wsss.stages.context import StageContext
@@ -69,6 +74,7 @@ def write_cams(
     )
     cam_fn = BoundExtractor(get_extractor(cfg.extractor, **cfg.extractor_args), model)
     images, labels = [it["image"] for it in items], [it["labels"] for it in items]
+    plain = not (cam_fn.needs_grad or cam_fn.needs_labels)
     if cfg.window is not None:
         if cam_fn.needs_grad or cam_fn.needs_labels:
             raise ConfigError(
@@ -86,7 +92,15 @@ def write_cams(
             **common,
         )
     else:
-        sums = multiscale_cams(cam_fn, images, labels, cfg.scales, scale_mode=cfg.scale_mode, **common)
+        sums = multiscale_cams(
+            cam_fn,
+            images,
+            labels,
+            cfg.scales,
+            scale_mode=cfg.scale_mode,
+            forward_images=forward_images(ctx) if plain else None,
+            **common,
+        )
     for it, cam in zip(items, sums):
         if it["name"] in skip:
             continue
@@ -100,6 +114,29 @@ def write_cams(
             stride=cfg.stride,
             norm=cfg.norm,
         )
+
+
+def forward_images(ctx: StageContext) -> int | None:
+    """Images per forward (each with its flip) inside a group: ``cams.forward_images``, where 0
+    means one on the CPU (small batches stay in cache) and the whole group (None) elsewhere."""
+    n = ctx.recipe.cams.forward_images
+    if n < 0:
+        raise ConfigError(f"cams.forward_images must be >= 0 (0: auto), got {n}")
+    if n == 0:
+        return 1 if ctx.device.type == "cpu" else None
+    return n
+
+
+def inference_model(ctx: StageContext, model: torch.nn.Module) -> torch.nn.Module:
+    """The eval-mode classifier as make-cams runs it: for the plain extractors BatchNorm folded
+    (``cams.fold_bn``) and channels-last (``cams.channels_last``: ``auto`` = on the CPU); gradient
+    extractors get the model as trained."""
+    cfg = ctx.recipe.cams
+    probe = BoundExtractor(get_extractor(cfg.extractor, **cfg.extractor_args), model)
+    if probe.needs_grad or probe.needs_labels:
+        return model
+    nhwc = cfg.channels_last is True or (cfg.channels_last == "auto" and ctx.device.type == "cpu")
+    return prepare_cam_model(model, fold_bn=cfg.fold_bn, channels_last=nhwc)
 
 
 def stored_maps(cam: torch.Tensor, keys: torch.Tensor, norm: str, cam_fn: BoundExtractor) -> torch.Tensor:
@@ -144,7 +181,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     t0 = time.time()
     if batches:
         num_classes = ctx.dataset(ctx.map_splits[0]).num_classes
-        model = load_trained_classifier(ctx, num_classes).to(ctx.device).eval()
+        model = inference_model(ctx, load_trained_classifier(ctx, num_classes).to(ctx.device).eval())
         bar = tqdm(total=todo, desc=NAME, unit="img", disable=not ctx.dist.is_main)
         for batch, done in batches:
             write_cams(ctx, model, [ds[i] for ds, i in batch], folder, skip=done)

@@ -158,7 +158,7 @@ def validation_set(ctx: StageContext, section: str = "classifier") -> TaggedImag
     """The held-out tagged images the classifier is scored on (long side ``validation_size``), or
     None when the section names none."""
     r, c = ctx.recipe, section_config(ctx, section)
-    transform = eval_transform(c.validation_size)
+    transform = eval_transform(c.validation_size or c.crop_size)  # the training resolution by default
     if c.validation_split is not None:
         return ctx.dataset(c.validation_split, transform=transform, with_masks=False)
     if c.holdout > 0:

