@@ -55,14 +55,10 @@ def resize_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def pixel_cross_entropy(
+def check_seg_inputs(
     logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX, check_labels: bool = True
-) -> tuple[Tensor, Tensor]:
-    """Per-pixel cross-entropy ``B×H×W`` (0 at ignored pixels) and the boolean mask of labelled pixels.
-
-    ``logits`` are upsampled to the label size. ``check_labels`` raises :class:`DataError` for
-    label values outside 0..C-1 and ``ignore_index`` (costs one host synchronisation).
-    """
+) -> Tensor:
+    """Raise :class:`DataError` for mismatched shapes or out-of-range labels; return labels as long."""
     if logits.dim() != 4 or labels.dim() != 3 or logits.shape[0] != labels.shape[0]:
         raise DataError(
             f"segmentation loss needs logits B×C×h×w and labels B×H×W with the same B; got logits "
@@ -71,16 +67,28 @@ def pixel_cross_entropy(
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise DataError(f"segmentation labels must be an integer tensor, got {labels.dtype}")
     labels = labels.long()
-    num_classes = logits.shape[1]
-    valid = labels != ignore_index
     if check_labels:
-        bad = valid & ((labels < 0) | (labels >= num_classes))
+        num_classes = logits.shape[1]
+        bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
         if bool(bad.any()):
             values = torch.unique(labels[bad])[:8].tolist()
             raise DataError(
                 f"segmentation labels hold values {values} outside 0..{num_classes - 1} and the ignore "
                 f"value {ignore_index}; check num_classes and the label files"
             )
+    return labels
+
+
+def pixel_cross_entropy(
+    logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX, check_labels: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Per-pixel cross-entropy ``B×H×W`` (0 at ignored pixels) and the boolean mask of labelled pixels.
+
+    ``logits`` are upsampled to the label size. ``check_labels`` raises :class:`DataError` for
+    label values outside 0..C-1 and ``ignore_index`` (costs one host synchronisation).
+    """
+    labels = check_seg_inputs(logits, labels, ignore_index, check_labels)
+    valid = labels != ignore_index
     logits = resize_logits(logits.float(), tuple(labels.shape[-2:]))
     loss_map = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
     return loss_map, valid

@@ -53,37 +53,13 @@ from torch.nn import functional as F
 
 from wsss.data.palette import IGNORE_INDEX
 from wsss.errors import ConfigError, DataError
-from wsss.losses.seg import MEAN_OVER, _check_choice, resize_logits
+from wsss.losses.seg import MEAN_OVER, _check_choice, check_seg_inputs, resize_logits
 from wsss.registry import LOSSES
 
 FORMS = ("pixelwise", "scalar")
 COMPATS = ("clean", "authors_code")
 SPU_EPS = 0.4  # label smoothing of the released code
 SPU_DIRECTION_WEIGHTS = (1.0, 0.5)  # KL(p₂‖p₁) term : KL(p₁‖p₂) term
-
-
-def check_seg_inputs(
-    logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX, check_labels: bool = True
-) -> Tensor:
-    """Raise :class:`DataError` for mismatched shapes or out-of-range labels; return labels as long."""
-    if logits.dim() != 4 or labels.dim() != 3 or logits.shape[0] != labels.shape[0]:
-        raise DataError(
-            f"segmentation loss needs logits B×C×h×w and labels B×H×W with the same B; got logits "
-            f"{tuple(logits.shape)} and labels {tuple(labels.shape)}"
-        )
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise DataError(f"segmentation labels must be an integer tensor, got {labels.dtype}")
-    labels = labels.long()
-    if check_labels:
-        num_classes = logits.shape[1]
-        bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
-        if bool(bad.any()):
-            values = torch.unique(labels[bad])[:8].tolist()
-            raise DataError(
-                f"segmentation labels hold values {values} outside 0..{num_classes - 1} and the ignore "
-                f"value {ignore_index}; check num_classes and the label files"
-            )
-    return labels
 
 
 def smoothed_cross_entropy(log_probs: Tensor, labels: Tensor, valid: Tensor, eps: float) -> Tensor:

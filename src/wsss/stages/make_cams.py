@@ -117,14 +117,12 @@ def write_cams(
 
 
 def forward_images(ctx: StageContext) -> int | None:
-    """Images per forward (each with its flip) inside a group: ``cams.forward_images``, where 0
-    means one on the CPU (small batches stay in cache) and the whole group (None) elsewhere."""
+    """Images per forward (each with its flip) inside a group: ``cams.forward_images``; 0 means the
+    whole group (None). One per forward pays on a CPU for large photos (cache), not for small images."""
     n = ctx.recipe.cams.forward_images
     if n < 0:
-        raise ConfigError(f"cams.forward_images must be >= 0 (0: auto), got {n}")
-    if n == 0:
-        return 1 if ctx.device.type == "cpu" else None
-    return n
+        raise ConfigError(f"cams.forward_images must be >= 0 (0: the whole group), got {n}")
+    return None if n == 0 else n
 
 
 def inference_model(ctx: StageContext, model: torch.nn.Module) -> torch.nn.Module:
@@ -182,7 +180,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if batches:
         num_classes = ctx.dataset(ctx.map_splits[0]).num_classes
         model = inference_model(ctx, load_trained_classifier(ctx, num_classes).to(ctx.device).eval())
-        bar = tqdm(total=todo, desc=NAME, unit="img", disable=not ctx.dist.is_main)
+        bar = tqdm(total=todo, desc=NAME, unit="img", disable=not ctx.show_progress)
         for batch, done in batches:
             write_cams(ctx, model, [ds[i] for ds, i in batch], folder, skip=done)
             bar.update(len(batch) - len(done))

@@ -156,7 +156,7 @@ def train_loop(
         loader = _loader(dataset, cfg, ctx, epoch, drop_last)
         sums: dict[str, float] = {}
         bar = tqdm(
-            loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", disable=not dist.is_main, leave=False
+            loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", disable=not ctx.show_progress, leave=False
         )
         for batch in bar:
             batch = batch_layout(batch, nhwc)
