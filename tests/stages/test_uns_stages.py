@@ -17,8 +17,9 @@ from wsss.data.synth import generate_synth
 from wsss.errors import ConfigError
 from wsss.models.seg.uns import build_uns
 from wsss.pipeline import run_pipeline
+from wsss.refine.pairs import downscale_labels
 from wsss.stages.context import build_dataset
-from wsss.stages.make_uns_cams import label_on_grid, uns_maps
+from wsss.stages.make_uns_cams import uns_maps
 
 TINY = [
     "classifier.pretrained=null",
@@ -53,11 +54,12 @@ def test_uns_maps_normalise_only_where_the_first_labels_are_not_background() -> 
     assert uns_maps(logits, np.array([], dtype=np.int64), first).shape[0] == 0
 
 
-def test_label_on_grid_takes_each_cells_corner_and_pads_with_background() -> None:
-    label = np.arange(1, 26, dtype=np.uint8).reshape(5, 5)
-    got = label_on_grid(label, (3, 3), 2)
+def test_the_first_labels_are_read_at_each_cells_corner() -> None:
+    """make-uns-cams reads the first labels on the maps' grid with the shared corner downscale."""
+    label = torch.arange(1, 26, dtype=torch.uint8).reshape(5, 5)
+    got = downscale_labels(label, 2, "corner")
     assert got.tolist() == [[1, 3, 5], [11, 13, 15], [21, 23, 25]]
-    assert label_on_grid(label[:3, :3], (2, 3), 2).tolist() == [[1, 3, 0], [11, 13, 0]]
+    assert downscale_labels(label[:3, :3], 2, "corner").tolist() == [[1, 3], [11, 13]]  # ⌈3/2⌉ cells
 
 
 def test_the_network_is_conditioned_on_the_tags() -> None:

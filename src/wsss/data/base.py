@@ -274,8 +274,15 @@ class TaggedImageDataset(Dataset):
     def mask_path(self, i: int) -> Path | None:
         return self._mask_paths[i] if self._mask_paths is not None else None
 
-    def subset(self, indices: Sequence[int], *, source: str = "") -> TaggedImageDataset:
-        """The images at ``indices`` (in that order) with the same classes, masks and transform."""
+    def subset(
+        self,
+        indices: Sequence[int],
+        *,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        source: str = "",
+    ) -> TaggedImageDataset:
+        """The images at ``indices`` (in that order) with the same classes and masks, and ``transform``
+        (default: this dataset's), so one loaded split serves differently augmented subsets."""
         idx = [int(i) for i in indices]
         return TaggedImageDataset(
             names=[self.names[i] for i in idx],
@@ -283,7 +290,7 @@ class TaggedImageDataset(Dataset):
             labels=self.labels[idx].reshape(len(idx), self.num_classes - 1),
             class_names=self.class_names,
             mask_paths=[self._mask_paths[i] for i in idx] if self._mask_paths is not None else None,
-            transform=self.transform,
+            transform=transform if transform is not None else self.transform,
             with_masks=self.with_masks,
             source=source or self.source,
         )

@@ -13,7 +13,6 @@ labels and ``random-walk`` walks these maps (``StageContext.refines_cams``).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from wsss.data.images import read_image
 from wsss.data.palette import read_label_png
 from wsss.engine import barrier
 from wsss.models.seg.uns import UNSNet
+from wsss.refine.pairs import downscale_labels
 from wsss.stages.context import StageContext
 from wsss.stages.eval_cams import evaluate_cams
 from wsss.stages.make_labels import write_labels
@@ -89,15 +89,6 @@ def uns_maps(logits: torch.Tensor, keys: np.ndarray, first_label: torch.Tensor) 
     return torch.where((first_label != 0)[None], normalised, probs)
 
 
-def label_on_grid(label: np.ndarray, grid: tuple[int, int], stride: int) -> torch.Tensor:
-    """The first label map (H×W) at the maps' stride: the pixel at each cell's top-left corner
-    (the image padded to whole cells counts as background)."""
-    h, w = grid
-    padded = np.zeros((h * stride, w * stride), dtype=label.dtype)
-    padded[: label.shape[0], : label.shape[1]] = label
-    return torch.from_numpy(padded[::stride, ::stride].copy())
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
     r, u = ctx.recipe, uns_config(ctx)
     folder, stride = ctx.paths.uns_cam_dir, r.cams.stride
@@ -111,9 +102,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
             keys = np.flatnonzero(ds.labels[i]) + 1
             logits = uns_logits(model, image, tags, u.cam_scales, u.cam_flip, stride, ctx.device).cpu()
             size = (int(image.shape[1]), int(image.shape[2]))
-            grid = (math.ceil(size[0] / stride), math.ceil(size[1] / stride))
-            first = read_label_png(ctx.paths.label_dir / f"{name}.png", expected_size=size)
-            maps = uns_maps(logits, keys, label_on_grid(first, grid, stride))
+            first = torch.from_numpy(read_label_png(ctx.paths.label_dir / f"{name}.png", expected_size=size))
+            # the pixel at each cell's corner: the ⌈H/s⌉×⌈W/s⌉ grid the maps are stored at
+            maps = uns_maps(logits, keys, downscale_labels(first, stride, "corner"))
             save_cam(cam_path(folder, name), maps, keys, size, stride, "minmax")
     barrier()
     out: dict[str, Any] = {"written": len(todo)}

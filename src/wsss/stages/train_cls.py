@@ -17,6 +17,7 @@ with a warning when the classifier barely beats a random ranking (``wsss.eval.mu
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +115,15 @@ def holdout_split(names: list[str], share: float) -> tuple[list[int], list[int]]
     return [i for i in range(len(names)) if i not in held_set], held
 
 
-def _held_out(c: ClassifierConfig, ds: TaggedImageDataset, keep: bool) -> TaggedImageDataset:
-    """``ds`` (train_split) without (``keep``) or restricted to its held-out images."""
+def _held_out(
+    ctx: StageContext, c: ClassifierConfig, keep: bool, transform: Callable[..., Any] | None = None
+) -> TaggedImageDataset:
+    """train_split without (``keep``) or restricted to its held-out images, with ``transform``; a
+    subset of the split as loaded once (building it may read every mask), not a second build."""
+    ds = ctx.dataset(ctx.recipe.data.train_split, with_masks=False)
     kept, held = holdout_split(ds.names, c.holdout)
-    return ds.subset(kept if keep else held, source=f"{ds.source} ({'kept' if keep else 'held out'})")
+    which = "kept" if keep else "held out"
+    return ds.subset(kept if keep else held, transform=transform, source=f"{ds.source} ({which})")
 
 
 def training_set(ctx: StageContext, section: str = "classifier") -> Dataset:
@@ -131,9 +137,9 @@ def training_set(ctx: StageContext, section: str = "classifier") -> Dataset:
     if c.crops == "heat":
         if c.cutout is not None:
             raise ConfigError(f"{section}.cutout works with random crops only; set {section}.crops: random")
-        base = ctx.dataset(r.data.train_split, with_masks=False)
+        base = _held_out(ctx, c, keep=True) if c.holdout > 0 else ctx.dataset(r.data.train_split)
         return HeatCropDataset(
-            _held_out(c, base, keep=True) if c.holdout > 0 else base,
+            base,
             heat_mask_folder(c),
             crop_size=c.crop_size,
             scales=c.heat_scales,
@@ -150,19 +156,20 @@ def training_set(ctx: StageContext, section: str = "classifier") -> Dataset:
         color_jitter=c.color_jitter,
         cutout=c.cutout,
     )
-    ds = ctx.dataset(r.data.train_split, transform=transform, with_masks=False)
-    return _held_out(c, ds, keep=True) if c.holdout > 0 else ds
+    if c.holdout > 0:
+        return _held_out(ctx, c, keep=True, transform=transform)
+    return ctx.dataset(r.data.train_split, transform=transform, with_masks=False)
 
 
 def validation_set(ctx: StageContext, section: str = "classifier") -> TaggedImageDataset | None:
     """The held-out tagged images the classifier is scored on (long side ``validation_size``), or
     None when the section names none."""
-    r, c = ctx.recipe, section_config(ctx, section)
+    c = section_config(ctx, section)
     transform = eval_transform(c.validation_size or c.crop_size)  # the training resolution by default
     if c.validation_split is not None:
         return ctx.dataset(c.validation_split, transform=transform, with_masks=False)
     if c.holdout > 0:
-        return _held_out(c, ctx.dataset(r.data.train_split, transform=transform, with_masks=False), False)
+        return _held_out(ctx, c, keep=False, transform=transform)
     return None
 
 
@@ -190,8 +197,8 @@ def class_probabilities(
 
 def validate(
     ctx: StageContext, model: nn.Module, method: Objective, ds: TaggedImageDataset, section: str, epoch: int
-) -> dict[str, Any]:
-    """Score ``model`` on the held-out tags; log the numbers and any warning."""
+) -> tuple[dict[str, Any], str | None]:
+    """Score ``model`` on the held-out tags; log the numbers and any warning; return both."""
     c = section_config(ctx, section)
     probs, tags = class_probabilities(model, method, ds, ctx.device, c.num_workers)
     report = multilabel_report(probs.numpy(), tags.numpy(), ds.class_names[1:])
@@ -208,7 +215,12 @@ def validate(
     warning = learning_warning(report)
     if warning:
         ctx.logger.warning("%s: %s", section, warning)
-    return report
+    return report, warning
+
+
+def _history_point(report: dict[str, Any]) -> dict[str, Any]:
+    """What the validation history keeps of one scoring."""
+    return {k: report[k] for k in ("epoch", "map", "f1_macro")}
 
 
 def build_method(c: ClassifierConfig, compat: str, section: str = "classifier") -> Objective:
@@ -275,8 +287,7 @@ def train_classifier(
 
     def on_epoch_end(epoch: int) -> None:
         if val_ds is not None and c.validate_every > 0 and epoch % c.validate_every == 0 and epoch < c.epochs:
-            report = validate(ctx, model, method, val_ds, section, epoch)
-            history.append({k: report[k] for k in ("epoch", "map", "f1_macro")})
+            history.append(_history_point(validate(ctx, model, method, val_ds, section, epoch)[0]))
 
     metrics = train_loop(
         ctx,
@@ -290,10 +301,9 @@ def train_classifier(
         ddp_static_graph=method.forwards_per_step > 1,
     )
     if val_ds is not None and ctx.dist.is_main:
-        report = validate(ctx, model, method, val_ds, section, c.epochs)
-        report["history"] = [*history, {k: report[k] for k in ("epoch", "map", "f1_macro")}]
+        report, warning = validate(ctx, model, method, val_ds, section, c.epochs)
+        report["history"] = [*history, _history_point(report)]
         metrics["validation"] = report
-        warning = learning_warning(report)
         if warning:
             metrics["warnings"] = [warning]
     if ctx.dist.is_main:
