@@ -10,6 +10,7 @@ reports and writes ``report.html``.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from wsss.engine import setup_run_logging
 from wsss.files import write_json
 from wsss.pipeline import run_pipeline
 from wsss.report import REPORT_NAME, summary_lines, write_report
+from wsss.threads import wait_policy
 
 DEMO_RECIPE = "synth/demo"
 UPPER_BOUND_DIR = "upper-bound"  # inside the demo's run directory
@@ -36,10 +38,12 @@ QUICK_OVERRIDES = [
 ]
 
 
-def run_upper_bound(out: Path, overrides: list[str], device: str) -> dict[str, Any]:
+def run_upper_bound(
+    out: Path, overrides: list[str], device: str, progress: bool | None = None
+) -> dict[str, Any]:
     """The same segmentation model and schedule trained on ground-truth masks (its own run dir)."""
     recipe = load_recipe(DEMO_RECIPE, [*overrides, "segmentation.labels=gt", "stages=[train-seg, predict]"])
-    record = run_pipeline(recipe, out / UPPER_BOUND_DIR, device=device)
+    record = run_pipeline(recipe, out / UPPER_BOUND_DIR, device=device, progress=progress)
     stages = record["stages"]
     return {
         "seconds": round(sum(stages[s]["seconds"] for s in ("train-seg", "predict") if s in stages), 1),
@@ -54,7 +58,8 @@ def thread_use(recipe: Recipe) -> str:
     omp = os.environ.get("OMP_NUM_THREADS")
     return (
         f"wsss demo uses torch threads: {torch.get_num_threads()} "
-        f"(OMP_NUM_THREADS={omp if omp is not None else 'unset'}; set OMP_NUM_THREADS=N to change); "
+        f"(OMP_NUM_THREADS={omp if omp is not None else 'unset'}; set OMP_NUM_THREADS=N to change), "
+        f"waiting OpenMP threads: {wait_policy()} (set GOMP_SPINCOUNT or OMP_WAIT_POLICY to change); "
         f"DataLoader workers: classifier {recipe.classifier.num_workers}, "
         f"segmentation {recipe.segmentation.num_workers}; CRF processes: {recipe.labels.workers} "
         "(--set classifier.num_workers=N, segmentation.num_workers=N, labels.workers=N to change)"
@@ -67,8 +72,10 @@ def run_demo(
     quick: bool = False,
     overrides: list[str] | None = None,
     with_upper_bound: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Generate the data, run the demo recipe (and the upper bound), print the table; the run record."""
+    """Generate the data, run the demo recipe (and the upper bound), print the table; the run record.
+    ``progress``: progress bars on / off; None shows them only when stderr is a terminal."""
     out = Path(out)
     t0 = time.time()
     data_root = out / "data"
@@ -79,10 +86,11 @@ def run_demo(
     ]
     recipe = load_recipe(DEMO_RECIPE, all_overrides)
     setup_run_logging(out, "pipeline").info(thread_use(recipe))  # the run's log keeps it too
-    generate_synth(data_root, seed=0, **(QUICK if quick else {}))
-    record = run_pipeline(recipe, out, device=device)
+    bars = progress if progress is not None else sys.stderr.isatty()  # as the stages decide
+    generate_synth(data_root, seed=0, progress=bars, **(QUICK if quick else {}))
+    record = run_pipeline(recipe, out, device=device, progress=progress)
     if with_upper_bound:
-        record["stages"]["upper-bound"] = run_upper_bound(out, all_overrides, device)
+        record["stages"]["upper-bound"] = run_upper_bound(out, all_overrides, device, progress)
         write_json(out / "run.json", record)
         write_report(out)
     print(f"\nwsss demo ({recipe.name}) finished in {time.time() - t0:.0f} s; run directory: {out}")

@@ -20,3 +20,8 @@ class DataError(WsssError, ValueError):
 
 class CheckpointError(WsssError, RuntimeError):
     """A checkpoint does not fit the model it is loaded into."""
+
+
+class NumericalError(WsssError, FloatingPointError):
+    """A loss, gradient or CAM became NaN or infinite (``nonfinite: stop``); the message names the
+    stage, step or image and what to change."""

@@ -9,13 +9,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-# Every temporary name carries this marker, so leftovers of a killed process can be recognised.
+from wsss.processes import host_tag, process_alive
+
+# Every temporary name carries this marker, so leftovers of a killed process can be recognised;
+# after it come the writer's host tag and pid, so that a writer's own leftovers can be told from
+# those of another process still writing into the same folder (shards).
 TEMP_MARKER = ".wsss-tmp."
+_OWNER = re.compile(re.escape(TEMP_MARKER) + r"([0-9a-f]{6})-(\d+)-")
 
 _CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
@@ -26,8 +32,9 @@ def _create_temp(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
     Unlike ``tempfile.mkstemp`` (always 0600) the file gets mode 0666 minus the umask, as
     ``open()`` would give it, so outputs are as readable as any other file the user makes.
     """
+    owner = f"{host_tag()}-{os.getpid()}-"
     for _ in range(100):
-        path = os.path.join(folder, f"{prefix}{secrets.token_hex(4)}{suffix}")
+        path = os.path.join(folder, f"{prefix}{owner}{secrets.token_hex(4)}{suffix}")
         try:
             return os.open(path, _CREATE_FLAGS, 0o666), path
         except FileExistsError:
@@ -71,15 +78,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def remove_stale_temp_files(root: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files a killed writer left under ``root``; return what was removed.
+def temp_file_owner(path: str | os.PathLike) -> tuple[str, int] | None:
+    """(host tag, pid) of the process that created temporary file ``path``; None if unknown."""
+    match = _OWNER.search(Path(path).name)
+    return (match.group(1), int(match.group(2))) if match else None
 
-    Only safe while no other process writes into ``root`` (the pipeline calls it when it runs
-    as the only process); the finished files themselves are never touched.
+
+def _writer_gone(path: Path) -> bool:
+    """True when ``path``'s writer was this process or has ended (both on this host)."""
+    owner = temp_file_owner(path)
+    if owner is None or owner[0] != host_tag():
+        return False  # a name without an owner, or a writer on another host: it may be writing
+    return owner[1] == os.getpid() or not process_alive(owner[1])
+
+
+def remove_stale_temp_files(root: str | os.PathLike, *, all_writers: bool = True) -> list[Path]:
+    """Delete the temporary files killed writers left under ``root``; return what was removed.
+
+    ``all_writers=True`` removes every one, which is only safe while no other process writes
+    into ``root`` (the pipeline's sole writer, holding the run lock). ``all_writers=False``
+    removes only those of this process and of ended processes on this host, which is safe
+    beside other live writers (shards, ranks). The finished files themselves are never touched.
     """
     removed = []
     for path in Path(root).rglob(f".*{TEMP_MARKER}*"):
-        if path.is_file():
+        if path.is_file() and (all_writers or _writer_gone(path)):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

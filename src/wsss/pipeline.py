@@ -7,7 +7,9 @@ every stage's timing and measured numbers; ``recipe.yaml`` is the resolved recip
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import platform
@@ -26,8 +28,10 @@ from wsss.config.schema import ClassifierConfig
 from wsss.data.base import TaggedImageDataset, check_file_headers
 from wsss.data.diagnostics import tag_report
 from wsss.engine import barrier, init_distributed, resolve_device, setup_run_logging
+from wsss.engine.runlock import RunLock
 from wsss.errors import ConfigError, WsssError
 from wsss.files import remove_stale_temp_files, write_json
+from wsss.interrupt import RunInterrupted, signal_name, signal_of
 from wsss.models.backbones.base import TORCHVISION
 from wsss.models.backbones.mobilenet import OFFLINE, OFFLINE_MISSING, offline_mobilenet_v2_weights
 from wsss.refine.crf import get_preset
@@ -65,6 +69,7 @@ from wsss.stages import (
 )
 from wsss.stages.context import StageContext
 from wsss.stages.train_cls import PRETRAIN, heat_mask_folder, missing_pretrain, null_section
+from wsss.threads import describe, thread_settings
 
 PROGRESS_FROM = 1000  # images in a split from which the data check shows a progress bar
 STAGES: dict[str, ModuleType] = {
@@ -209,6 +214,43 @@ def check_components(recipe: Recipe, names: list[str]) -> None:
                 raise ConfigError(f"{where}: {exc}") from None
     if "make-labels" in names:  # the generator's mode_args and its own rules (e.g. PPG without cvs)
         check_label_config(dataclasses.asdict(recipe.labels))
+    check_label_splits(recipe)
+
+
+def label_readers(recipe: Recipe) -> dict[str, tuple[str, list[str]]]:
+    """Stage -> (the labels setting whose folder it reads, the splits it reads from there)."""
+    maps, d = recipe.cams.splits, recipe.data
+    refined = "make-uns-cams" in recipe.stages
+    readers: dict[str, tuple[str, list[str]]] = {
+        "train-affinity": ("uns.labels" if refined else "labels", [recipe.affinity.split or maps[0]]),
+        "train-uns": ("labels", [maps[0]]),
+    }
+    if recipe.segmentation.labels == "pseudo" and "random-walk" not in recipe.stages:
+        readers["train-seg"] = ("labels", [d.train_split])
+    return readers
+
+
+def check_label_splits(recipe: Recipe) -> None:
+    """``labels.splits`` (and ``uns.labels.splits``) name CAM splits and cover what later stages read."""
+    configs = {"labels": recipe.labels, **({"uns.labels": recipe.uns.labels} if recipe.uns else {})}
+    for key, cfg in configs.items():
+        if cfg.splits is None:
+            continue
+        if not cfg.splits:
+            raise ConfigError(f"{key}.splits is empty; name at least one split, or null for every CAM split")
+        outside = [s for s in cfg.splits if s not in recipe.cams.splits]
+        if outside:
+            raise ConfigError(
+                f"{key}.splits names {outside}, which get no CAMs (cams.splits: {recipe.cams.splits}); "
+                "labels come from CAM files: add the split to cams.splits or drop it here"
+            )
+    for stage, (key, splits) in label_readers(recipe).items():
+        chosen = configs[key].splits if key in configs else None
+        if stage in recipe.stages and chosen is not None and not set(splits) <= set(chosen):
+            raise ConfigError(
+                f"{key}.splits is {chosen}, but stage {stage} reads the labels of split(s) {splits}; "
+                f"add them to {key}.splits (or set it to null)"
+            )
 
 
 def _weight_files(recipe: Recipe, stage: str) -> list[tuple[str, str | None]]:
@@ -275,7 +317,7 @@ def stage_splits(recipe: Recipe, stage: str) -> list[str]:
         "train-cls": [d.train_split],
         "make-cams": maps,
         "eval-cams": [d.seed_eval_split, *maps],
-        "make-labels": [*maps, d.seed_eval_split],
+        "make-labels": [*(recipe.labels.splits or maps), d.seed_eval_split],
         "train-affinity": [recipe.affinity.split or maps[0]],
         "train-uns": [maps[0]],
         "make-uns-cams": [*maps, d.seed_eval_split],
@@ -340,6 +382,9 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+SPLIT_CHOICES = ("labels.splits", "uns.labels.splits", "predict.splits")
+
+
 def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     """Refuse to resume a run directory that was made with different settings."""
     path = run_dir / "recipe.yaml"
@@ -347,9 +392,17 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
         return
     old = _flatten(yaml.safe_load(path.read_text()) or {})
     new = _flatten(to_dict(recipe))
-    ignore = {"stages", "device"}  # may change between invocations of the same run
+    # may change between invocations of the same run: what runs, where, and which images a per-image
+    # stage covers (each image's output is the same whichever splits are asked for)
+    ignore = {"stages", "device", *SPLIT_CHOICES}
     # keys only one side has come from a schema change between versions: not a different recipe
-    diff = sorted(k for k in set(old) & set(new) if k not in ignore and old[k] != new[k])
+    # the non-finite policy (``*.nonfinite``) says what to do with a bad step, not what a good one
+    # computes: switching to ``skip`` after a ``stop`` must resume from the kept checkpoint
+    diff = sorted(
+        k
+        for k in set(old) & set(new)
+        if k not in ignore and not k.endswith(".nonfinite") and old[k] != new[k]
+    )
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
         raise ConfigError(
@@ -379,6 +432,9 @@ def _machine(dev: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # the vector instruction set torch's CPU kernels run with: numbers differ between AVX2 and
+        # AVX-512 machines (README, Reliability), so a record says which one made them
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
@@ -396,6 +452,38 @@ def _git_commit() -> str | None:
         return None
 
 
+def _start_record(path: Path, recipe: Recipe, dev: torch.device, world_size: int) -> dict[str, Any]:
+    """The run record: the one in run.json (stages done by earlier invocations), brought up to date."""
+    record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    record.update(
+        {
+            "recipe": recipe.name,
+            "config": to_dict(recipe),
+            "versions": _versions(),
+            "machine": {**_machine(dev), "threads": thread_settings(recipe)},  # wsss.threads
+            "git_commit": _git_commit(),
+            "cwd": str(Path.cwd()),  # relative paths in the recipe are relative to this
+            "device": str(dev),
+            "world_size": world_size,
+        }
+    )
+    record.setdefault("stages", {})
+    record.pop("interrupted", None)  # an earlier invocation's: this one resumes it
+    return record
+
+
+def _note_interruption(path: Path, record: dict[str, Any], stage: str | None, signum: int) -> None:
+    """Write run.json with the stages finished so far and where the run stopped (a finished
+    rerun drops the note)."""
+    record["interrupted"] = {
+        "stage": stage,
+        "signal": signal_name(signum),
+        "at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    with contextlib.suppress(OSError):  # a full disk must not hide the interruption itself
+        write_json(path, record)
+
+
 def run_pipeline(
     recipe: Recipe,
     run_dir: str | Path,
@@ -406,7 +494,13 @@ def run_pipeline(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Run ``stages`` (default: the recipe's) and return the run record (also in run.json).
-    ``progress``: progress bars on / off; None shows them only when stderr is a terminal."""
+    ``progress``: progress bars on / off; None shows them only when stderr is a terminal.
+
+    The run directory (or, for a shard, the shard) is locked for the whole call (rank 0 holds the
+    lock under DDP). Interrupted (SIGINT, or SIGTERM under ``sigterm_as_interrupt``), it removes
+    its temporary files, notes the stage in run.json, releases the lock and raises
+    :class:`RunInterrupted`; finished files and checkpoints stay for the rerun to resume from.
+    """
     run_dir = Path(run_dir)
     names = stages or recipe.stages
     check_stages(names)
@@ -414,59 +508,77 @@ def run_pipeline(
     dist = init_distributed()
     dev = resolve_device(device or recipe.device, local_rank=dist.local_rank if dist.world_size > 1 else None)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_recipe(run_dir, recipe)
-    logger = setup_run_logging(run_dir, "pipeline")
-    ctx = StageContext(
-        recipe=recipe, run_dir=run_dir, device=dev, dist=dist, logger=logger, shard=shard, progress=progress
-    )
-    # before recipe.yaml is written, so that fixing a path with --set does not count as another recipe
-    # only training stages read weight files, and their is_complete is a file check (make-cams'
-    # would open every CAM file, which the stage loop does anyway)
-    check_weight_files(
-        recipe, [n for n in names if _weight_files(recipe, n) and not STAGES[n].is_complete(ctx)]
-    )
-    check_pretrain_order(ctx, names)
-    check_data(ctx, names)
-    if dist.world_size == 1 and shard is None:  # sole writer: leftovers of a killed run can go
-        for path in remove_stale_temp_files(run_dir):
-            logger.info("removed %s, a partial file left by an interrupted run", path)
+    lock = RunLock(run_dir, shard) if dist.is_main else None
+    stale_locks = lock.acquire() if lock is not None else []
     record_path = run_dir / "run.json"
-    record: dict[str, Any] = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    record.update(
-        {
-            "recipe": recipe.name,
-            "config": to_dict(recipe),
-            "versions": _versions(),
-            "machine": _machine(dev),
-            "git_commit": _git_commit(),
-            "cwd": str(Path.cwd()),  # relative paths in the recipe are relative to this
-            "device": str(dev),
-            "world_size": dist.world_size,
-        }
-    )
-    record.setdefault("stages", {})
-    if dist.is_main:
-        save_recipe(recipe, run_dir / "recipe.yaml")
-    for name in names:
-        stage = STAGES[name]
-        if stage.is_complete(ctx):
-            logger.info("stage %s: outputs complete, skipped", name)
-            continue
-        logger.info("stage %s: running", name)
-        t0 = time.time()
-        # measurement stages run on rank 0 only; the others wait at the barrier
-        metrics = stage.run(ctx) if dist.is_main or not getattr(stage, "MAIN_ONLY", False) else {}
-        barrier()
-        record["stages"][name] = {"seconds": round(time.time() - t0, 1), "metrics": metrics}
+    record: dict[str, Any] | None = None
+    current: str | None = None  # the stage under way, for the interruption message
+    try:
+        _check_same_recipe(run_dir, recipe)
+        logger = setup_run_logging(run_dir, "pipeline")
+        logger.info(describe(thread_settings(recipe)))  # wsss.threads: the CPU parallelism used
+        for holder in stale_locks:
+            logger.warning(
+                "took over the stale lock %s: its process has ended (%s)", holder.path, holder.describe()
+            )
+        ctx = StageContext(
+            recipe=recipe,
+            run_dir=run_dir,
+            device=dev,
+            dist=dist,
+            logger=logger,
+            shard=shard,
+            progress=progress,
+        )
+        # before recipe.yaml is written, so that fixing a path with --set does not count as another recipe
+        # only training stages read weight files, and their is_complete is a file check (make-cams'
+        # would open every CAM file, which the stage loop does anyway)
+        check_weight_files(
+            recipe, [n for n in names if _weight_files(recipe, n) and not STAGES[n].is_complete(ctx)]
+        )
+        check_pretrain_order(ctx, names)
+        check_data(ctx, names)
+        # the sole writer removes every leftover of a killed run; beside other writers (shards,
+        # ranks) only those of ended processes on this host
+        sole_writer = dist.world_size == 1 and shard is None
+        for path in remove_stale_temp_files(run_dir, all_writers=sole_writer):
+            logger.info("removed %s, a partial file left by an interrupted run", path)
+        record = _start_record(record_path, recipe, dev, dist.world_size)
+        if dist.is_main:
+            save_recipe(recipe, run_dir / "recipe.yaml")
+        for name in names:
+            current = name
+            stage = STAGES[name]
+            if stage.is_complete(ctx):
+                logger.info("stage %s: outputs complete, skipped", name)
+                continue
+            logger.info("stage %s: running", name)
+            t0 = time.time()
+            # measurement stages run on rank 0 only; the others wait at the barrier
+            metrics = stage.run(ctx) if dist.is_main or not getattr(stage, "MAIN_ONLY", False) else {}
+            barrier()
+            record["stages"][name] = {"seconds": round(time.time() - t0, 1), "metrics": metrics}
+            if dist.is_main:
+                write_json(record_path, record)
+            if shard is not None and not stage.is_complete(ctx):
+                logger.info(
+                    "stage %s: shard %d/%d done; later stages wait for the other shards", name, *shard
+                )
+                break
+        current = None
         if dist.is_main:
             write_json(record_path, record)
-        if shard is not None and not stage.is_complete(ctx):
-            logger.info("stage %s: shard %d/%d done; later stages wait for the other shards", name, *shard)
-            break
-    if dist.is_main:
-        write_json(record_path, record)
-        try:  # the report is a view of finished outputs: a problem drawing it does not undo the run
-            logger.info("report: %s", write_report(run_dir))
-        except (WsssError, OSError) as exc:
-            logger.warning("report not written (%s); fix that and run 'wsss report %s'", exc, run_dir)
-    return record
+            try:  # the report is a view of finished outputs: a problem drawing it does not undo the run
+                logger.info("report: %s", write_report(run_dir))
+            except (WsssError, OSError) as exc:
+                logger.warning("report not written (%s); fix that and run 'wsss report %s'", exc, run_dir)
+        return record
+    except KeyboardInterrupt as exc:
+        signum = signal_of(exc)
+        if record is not None and dist.is_main and shard is None:  # shards share run.json: leave it
+            _note_interruption(record_path, record, current, signum)
+        raise RunInterrupted(run_dir, current, signum) from exc
+    finally:
+        remove_stale_temp_files(run_dir, all_writers=False)  # this process's own, and its ended workers'
+        if lock is not None:
+            lock.release()

@@ -54,3 +54,13 @@ def test_wsss_run_and_stage_commands_pass_no_progress_on(monkeypatch, tmp_path: 
     assert main(["run", "synth/bnr-nano", "--out", str(tmp_path)]) == 0
     assert main(["make-labels", "synth/bnr-nano", "--out", str(tmp_path), "--no-progress"]) == 0
     assert seen == [False, None, False]
+
+
+def test_wsss_demo_passes_no_progress_on(monkeypatch, tmp_path: Path) -> None:
+    import wsss.demo
+
+    seen = []
+    monkeypatch.setattr(wsss.demo, "run_demo", lambda **k: seen.append(k["progress"]) or {})
+    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert seen == [False, None]

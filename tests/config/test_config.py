@@ -185,3 +185,13 @@ def test_suggest_swaps_and_unrelated_names() -> None:
     assert suggest("pas", ["label", "psa", "deeplab"]) == " (did you mean 'psa'?)"
     assert suggest("bnr-nano", ["synth/bnr", "synth/bnr-nano"]) == " (did you mean 'synth/bnr-nano'?)"
     assert suggest("learning_rate", ["lr", "epochs", "color_jitter"]) == ""
+
+
+def test_real_photo_recipes_segment_from_imagenet_weights_not_from_scratch() -> None:
+    """A user who adds train-seg to a coco128/folder recipe must not get a random backbone."""
+    from wsss.stages.train_seg import from_scratch
+
+    for name in ("coco128/cam-mobilenet", "coco128/spu-mobilenet", "folder/cam-mobilenet"):
+        seg = load_recipe(name).segmentation
+        assert seg.pretrained == "offline" and not from_scratch(seg), name
+    assert from_scratch(load_recipe("coco128/cam-mobilenet", ["segmentation.pretrained=null"]).segmentation)

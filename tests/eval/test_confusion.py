@@ -202,6 +202,13 @@ def test_name_and_class_lists(tmp_path):
         read_name_list(tmp_path / "empty.txt")
     with pytest.raises(DataError, match="list file not found"):
         read_name_list(tmp_path / "nope.txt")
+    # evaluate / eval-cams read lists as the datasets do: no duplicates, nothing outside the folder
+    (tmp_path / "twice.txt").write_text("a\nb\na\n")
+    with pytest.raises(DataError, match="listed twice"):
+        read_name_list(tmp_path / "twice.txt")
+    (tmp_path / "climb.txt").write_text("a\n../../etc/passwd\n")
+    with pytest.raises(DataError, match=r"climb\.txt, line 2"):
+        read_name_list(tmp_path / "climb.txt")
 
 
 def _cli(argv):
@@ -241,3 +248,22 @@ def test_cli_evaluate_prints_table_and_writes_json(tmp_path, capsys):
     assert json.loads(out.read_text())["pixels"] == int(m.sum()) - 2
     with pytest.raises(SystemExit):
         _cli([*argv, "--num-classes", "1"])
+
+
+def test_all_background_baseline_hand_computed_under_each_mean_convention():
+    from wsss.eval.metrics import all_background_miou
+
+    # rows = ground truth: 8 background pixels, 4 of class 1; the prediction does not matter
+    m = torch.tensor([[6, 2], [3, 1]])
+    assert float(all_background_miou(m)) == pytest.approx((8 / 12 + 0) / 2)
+    assert scores(m)["all_background_miou"] == pytest.approx(1 / 3)
+    # class 2 never labelled: absent from the all-background prediction too
+    m3 = torch.tensor([[5, 0, 0], [1, 2, 0], [0, 0, 0]])
+    assert float(all_background_miou(m3, "all")) == pytest.approx((5 / 8) / 2)
+    assert float(all_background_miou(m3, "absent_as_zero")) == pytest.approx((5 / 8) / 3)
+    assert float(all_background_miou(m3, "gt_present")) == pytest.approx((5 / 8) / 2)
+    # it equals scoring an actual all-background prediction
+    gt = torch.tensor([[0, 0, 1, 1], [0, 2, 2, 255]])
+    pred = torch.zeros_like(gt)
+    direct = scores(confusion_matrix(pred, gt, 3))["miou"]
+    assert scores(confusion_matrix(gt.clamp(max=2), gt, 3))["all_background_miou"] == pytest.approx(direct)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from pathlib import Path
 
@@ -236,3 +237,35 @@ def test_classifier_validation_reaches_the_summary_and_the_page(
         "train-cls: classifier on val (40 images): mAP 81.2 % (chance 30.0 %), F1 50.0 % at 0.5",
         "warning (train-cls): w",
     ]
+
+
+def test_outputs_not_above_all_background_are_flagged_in_summary_and_report(run_dir: Path) -> None:
+    from wsss.report import summary_lines
+
+    record = {
+        "stages": {
+            "make-labels": {
+                "seconds": 1.0,
+                "metrics": {"miou": 0.30, "all_background_miou": 0.35, "evaluated_on": "train"},
+            },
+            "predict": {
+                "seconds": 1.0,
+                "metrics": {"val": {"miou": 0.5, "all_background_miou": 0.35, "evaluated_on": "val"}},
+            },
+        }
+    }
+    results = collect_results(record)
+    assert [r.below_baseline for r in results] == [True, False]
+    lines = summary_lines(record)
+    assert re.search(r"pseudo-labels \(make-labels\)\s+train\s+30\.0\s+35\.0", lines[0])
+    warnings = [line for line in lines if "all-background" in line and line.startswith("warning")]
+    assert len(warnings) == 1 and "pseudo-labels" in warnings[0] and "35.0 %" in warnings[0]
+    # the HTML summary: every scored output shows its baseline; the useless one is marked
+    record_path = run_dir / "run.json"
+    on_disk = json.loads(record_path.read_text())
+    on_disk["stages"]["make-labels"]["metrics"]["all_background_miou"] = 0.6
+    on_disk["stages"]["predict"]["metrics"]["val"]["all_background_miou"] = 0.3
+    record_path.write_text(json.dumps(on_disk))
+    stages = re.search(r'<table id="stages">(.*?)</table>', render_report(run_dir), re.S).group(1)
+    assert stages.count("not above all-background") == 1
+    assert "(all-background 60.0)" in stages and "(all-background 30.0)" in stages

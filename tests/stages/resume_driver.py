@@ -12,14 +12,30 @@ Usage: ``python resume_driver.py [--cam-delay S] [--step-delay S] -- run RECIPE 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import wsss.stages.make_cams as make_cams
 import wsss.stages.train_seg as train_seg
 from wsss.cli import main as cli_main
+
+
+def driver_env() -> dict[str, str]:
+    """The environment of the tests' runs: one thread (the interrupted and the uninterrupted run
+    compute with the same reduction order, and the shared cores stay free), unbuffered output."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def cli_args(root: Path, out: Path, overrides: list[str]) -> list[str]:
+    """``wsss run synth/bnr-nano`` on the tests' synthetic ``root`` into ``out`` with ``overrides``."""
+    args = ["run", "synth/bnr-nano", "--out", str(out), "--device", "cpu", "--set", f"data.root={root}"]
+    for item in overrides:
+        args += ["--set", item]
+    return args
 
 
 def slow_after(fn: Callable[..., Any], delay: float) -> Callable[..., Any]:

@@ -40,3 +40,20 @@ def test_a_mistyped_mode_names_the_key(tmp_path: Path) -> None:
     run = make_run_dir(tmp_path)
     with pytest.raises(ConfigError, match=r"evaluate\.threshold"):
         load_recipe(str(run / "recipe.yaml"), ["evaluate.threshold=otsu"])
+
+
+def test_an_oracle_threshold_on_the_edge_of_the_sweep_is_flagged() -> None:
+    import numpy as np
+
+    from wsss.stages.eval_cams import edge_warning
+
+    sweep = np.round(np.arange(0.0, 0.96 - 1e-9, 0.01), 6)  # 0.00 … 0.95
+    assert edge_warning("train", 0.40, sweep) is None
+    assert edge_warning("train", 0.01, sweep) is None
+    at_zero = edge_warning("train", 0.0, sweep)
+    assert at_zero is not None and "do not separate objects from background" in at_zero
+    at_top = edge_warning("val", 0.95, sweep)
+    assert at_top is not None and "widen evaluate.thresholds" in at_top and "0.00–0.95" in at_top
+    narrow = np.round(np.arange(0.2, 0.5 - 1e-9, 0.05), 6)
+    low = edge_warning("train", 0.2, narrow)
+    assert low is not None and "widen evaluate.thresholds" in low

@@ -23,6 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.stages.resume_driver import cli_args, driver_env
 from wsss.cams.files import load_cam
 from wsss.data.palette import read_label_png
 from wsss.data.synth import generate_synth
@@ -61,25 +62,13 @@ class Interrupted:
     saved_step: int
 
 
-def _env() -> dict[str, str]:
-    # one thread: both runs compute with the same reduction order, and the shared cores stay free
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def _cli_args(root: Path, out: Path) -> list[str]:
-    args = ["run", "synth/bnr-nano", "--out", str(out), "--device", "cpu", "--set", f"data.root={root}"]
-    for item in QUICK:
-        args += ["--set", item]
-    return args
-
-
 def _run_plain(root: Path, out: Path, log: Path) -> None:
     with log.open("w") as fh:
         rc = subprocess.run(
-            [sys.executable, "-m", "wsss", *_cli_args(root, out)],
+            [sys.executable, "-m", "wsss", *cli_args(root, out, QUICK)],
             stdout=fh,
             stderr=subprocess.STDOUT,
-            env=_env(),
+            env=driver_env(),
             timeout=WAIT_S,
         ).returncode
     assert rc == 0, f"wsss run failed ({rc}):\n{log.read_text()[-3000:]}"
@@ -91,10 +80,10 @@ def _run_and_kill(
     """Start the slowed-down driver, SIGKILL it as soon as ``ready()`` holds, reap it."""
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, str(DRIVER), *driver_args, "--", *_cli_args(root, out)],
+            [sys.executable, str(DRIVER), *driver_args, "--", *cli_args(root, out, QUICK)],
             stdout=fh,
             stderr=subprocess.STDOUT,
-            env=_env(),
+            env=driver_env(),
         )
         deadline = time.monotonic() + WAIT_S
         try:

@@ -80,6 +80,16 @@ def test_changed_recipe_is_refused(synth_root: Path, tmp_path: Path) -> None:
             run,
             device="cpu",
         )
+    # the non-finite policy and a per-image stage's splits are not "another recipe"
+    same = _recipe(
+        synth_root,
+        "stages=[train-cls]",
+        "classifier.epochs=1",
+        "classifier.nonfinite=skip",
+        "labels.splits=[train]",
+        "predict.splits=[train]",
+    )
+    assert run_pipeline(same, run, device="cpu")["stages"]["train-cls"]
 
 
 def test_resume_reproduces_uninterrupted_weights(synth_root: Path, tmp_path: Path) -> None:
@@ -230,3 +240,46 @@ def test_the_data_check_reads_only_splits_that_stages_still_to_run_read(tmp_path
     (tmp_path / "run" / "train-cls" / "model.safetensors").write_bytes(b"")  # train-cls finished
     assert splits_to_check(ctx, ["train-cls", "predict"]) == ["val"]
     run_pipeline(_recipe(tmp_path / "data", "stages=[train-cls]"), tmp_path / "run2", device="cpu")
+
+
+def test_label_splits_narrow_and_widen_on_a_rerun_without_redoing_finished_work(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    """make-labels on the train split only; a rerun that asks for val too keeps every finished
+    file (weights, CAMs, train labels) and writes only val's labels; narrowing again skips it."""
+    run = tmp_path / "run"
+    narrow = _recipe(synth_root, "classifier.epochs=1", "labels.splits=[train]")
+    assert narrow.cams.splits == ["train", "val"]
+    run_pipeline(narrow, run, device="cpu")
+    labels = {p.name: p.read_bytes() for p in (run / "labels").glob("*.png")}
+    assert len(labels) == 16  # the val split's 6 images got CAMs but no labels
+    kept = {p: p.stat().st_mtime_ns for p in [*(run / "cams").glob("*.npz"), *(run / "train-cls").glob("*")]}
+    wide = _recipe(synth_root, "classifier.epochs=1", "labels.splits=[train, val]")
+    record = run_pipeline(wide, run, device="cpu")  # not refused as another recipe
+    assert record["stages"]["make-labels"]["metrics"]["written"] == 6
+    after = {p.name: p.read_bytes() for p in (run / "labels").glob("*.png")}
+    assert len(after) == 22 and all(after[name] == data for name, data in labels.items())
+    assert kept == {p: p.stat().st_mtime_ns for p in kept}
+    stamp = {p: p.stat().st_mtime_ns for p in (run / "labels").glob("*.png")}
+    again = run_pipeline(narrow, run, device="cpu")  # every train label exists: nothing to do
+    assert again["stages"]["make-labels"] == record["stages"]["make-labels"]
+    assert stamp == {p: p.stat().st_mtime_ns for p in (run / "labels").glob("*.png")}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["labels.splits=[test]"], r"labels\.splits names \['test'\], which get no CAMs"),
+        (["labels.splits=[]"], r"labels\.splits is empty"),
+        (
+            ["stages=[train-cls, make-cams, make-labels, train-affinity]", "labels.splits=[val]"],
+            r"labels\.splits is \['val'\], but stage train-affinity reads the labels of split\(s\) \['train'\]",
+        ),
+    ],
+)
+def test_label_splits_that_cannot_work_fail_before_any_work(
+    synth_root: Path, tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run_pipeline(_recipe(synth_root, *overrides), tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run" / "train-cls").exists()

@@ -12,6 +12,7 @@ from wsss.data.palette import read_label_png
 from wsss.data.synth import generate_synth
 from wsss.pipeline import run_pipeline
 from wsss.registry import LOSSES
+from wsss.stages.train_seg import FROM_SCRATCH
 
 TINY = [
     "classifier.epochs=1",
@@ -43,11 +44,19 @@ def test_seg_stages_write_scored_predictions(synth_root: Path, tmp_path: Path, l
     )
     recipe = load_recipe(
         "synth/bnr-nano",
-        [f"data.root={synth_root}", f"stages={stages}", f"segmentation.labels={labels}", *TINY],
+        [
+            f"data.root={synth_root}",
+            f"stages={stages}",
+            f"segmentation.labels={labels}",
+            *TINY,
+            *(["segmentation.pretrained=null"] if labels == "gt" else []),
+        ],
     )
     run = tmp_path / labels
     record = run_pipeline(recipe, run, device="cpu")
     seg = record["stages"]["train-seg"]["metrics"]
+    # a random backbone is said out loud (summary and report read metrics["warnings"])
+    assert seg.get("warnings") == ([FROM_SCRATCH] if labels == "gt" else None)
     assert seg["labels"] == ("ground truth" if labels == "gt" else str(run / "labels"))
     preds = sorted((run / "predictions").glob("*.png"))
     assert len(preds) == 4 and all(read_label_png(p).max() <= 3 for p in preds)

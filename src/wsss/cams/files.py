@@ -18,9 +18,9 @@ with ``allow_pickle=False``, so a CAM file can never execute code.
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,36 @@ def strided_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
 def cam_path(cam_dir: str | os.PathLike, name: str) -> Path:
     """Where the CAM file of image ``name`` lives in ``cam_dir``."""
     return Path(cam_dir) / f"{name}.npz"
+
+
+def nonfinite_marker(path: str | os.PathLike) -> Path:
+    """``NAME.nonfinite.json`` beside the CAM file ``path`` (``NAME.npz``): written instead of the
+    CAM file when ``cams.nonfinite: skip`` left the image out, so readers can say why it is missing."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.nonfinite.json")
+
+
+def missing_cam_message(path: str | os.PathLike) -> str:
+    """Why the CAM file ``path`` is absent: skipped as non-finite (its marker says by which stage and
+    for which classes) or simply not written yet."""
+    path = Path(path)
+    marker = nonfinite_marker(path)
+    if not marker.is_file():
+        return f"CAM file not found: {path}"
+    try:
+        info = json.loads(marker.read_text())
+        stage, classes = info.get("stage", "the CAM stage"), list(info.get("classes", []))
+        names = list(info.get("class_names", []))
+    except (OSError, ValueError, AttributeError, TypeError):
+        stage, classes, names = "the CAM stage", [], []
+    if len(names) == len(classes):
+        classes = [f"{k} ({n})" for k, n in zip(classes, names)]
+    which = f" (classes {', '.join(map(str, classes))})" if classes else ""
+    return (
+        f"CAM file not found: {path}: {stage} skipped image '{path.stem}' because its CAM was NaN or "
+        f"infinite{which} under cams.nonfinite: skip ({marker}); drop the image from the split, or "
+        "retrain the classifier (lower lr, amp: none) and make the CAMs again"
+    )
 
 
 def _check_fields(keys: np.ndarray, cams: np.ndarray, size: tuple[int, int], stride: int, norm: str) -> None:
@@ -107,6 +137,19 @@ class CamRecord:
         return up[:, :h, :w].contiguous()
 
 
+def nonfinite_classes(
+    cams: np.ndarray | torch.Tensor, keys: np.ndarray | torch.Tensor | list[int]
+) -> list[int]:
+    """The ``keys`` whose planes of ``cams`` (n×h×w) hold a NaN or inf; empty when all are finite."""
+    if isinstance(cams, torch.Tensor):
+        finite = torch.isfinite(cams.detach()).flatten(1).all(1).cpu().numpy()
+    else:
+        arr = np.asarray(cams)
+        finite = np.isfinite(arr).all(axis=tuple(range(1, arr.ndim)))  # (0, h, w): no class, nothing bad
+    keys_list = np.asarray(keys.cpu() if isinstance(keys, torch.Tensor) else keys).reshape(-1).tolist()
+    return [int(k) for k, ok in zip(keys_list, finite) if not ok]
+
+
 def save_cam(
     path: str | os.PathLike,
     cams: np.ndarray | torch.Tensor,
@@ -124,8 +167,12 @@ def save_cam(
     cams_arr = np.asarray(cams)
     size = (int(size[0]), int(size[1]))
     _check_fields(keys_arr, cams_arr, size, int(stride), norm)
-    if cams_arr.size and not np.isfinite(cams_arr).all():
-        raise ValueError(f"CAM scores for {path} contain NaN or inf")
+    bad = nonfinite_classes(cams_arr, keys_arr)
+    if bad:
+        raise ValueError(
+            f"CAM scores for {path} contain NaN or inf (classes {', '.join(map(str, bad))}); check them "
+            "before saving (make-cams does, under cams.nonfinite)"
+        )
     if cams_arr.size and float(np.abs(cams_arr).max()) > _FLOAT16_MAX:
         raise ValueError(
             f"CAM scores for {path} exceed the float16 range (|x| > {_FLOAT16_MAX:g}); normalise them first"
@@ -140,6 +187,7 @@ def save_cam(
             norm=np.asarray(norm),
             format_version=np.int32(FORMAT_VERSION),
         )
+    nonfinite_marker(path).unlink(missing_ok=True)  # skipped as non-finite before: not any more
 
 
 def save_record(path: str | os.PathLike, record: CamRecord) -> None:
@@ -151,7 +199,7 @@ def load_cam(path: str | os.PathLike) -> CamRecord:
     """Read and validate one CAM file; any problem is a ``DataError`` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"CAM file not found: {path}")
+        raise DataError(missing_cam_message(path))
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, NpzFile):
@@ -170,21 +218,23 @@ def load_cam(path: str | os.PathLike) -> CamRecord:
             if version != FORMAT_VERSION:
                 raise DataError(
                     f"CAM file {path} has format_version {version}; this wsss reads version "
-                    f"{FORMAT_VERSION} (upgrade wsss or re-create the file)"
+                    f"{FORMAT_VERSION} ({'upgrade wsss, or ' if version > FORMAT_VERSION else ''}delete it and "
+                    "re-run make-cams to re-create it)"
                 )
             keys, cams, size = npz["keys"], npz["cams"], npz["size"]
             stride_arr, norm_arr = npz["stride"], npz["norm"]
     except DataError:
         raise
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
+    except Exception as exc:  # numpy's zip/npy readers fail on a damaged file with many types
+        if isinstance(exc, ValueError) and "allow_pickle" in str(exc) and _looks_pickled(path):
             raise DataError(
                 f"{path} holds pickled objects (an IRN/PSA-style dump?), not a wsss CAM .npz; convert it "
                 "with 'wsss import-cams' (which asks for --trust-pickle)"
             ) from exc
-        raise DataError(f"CAM file {path} is corrupt or unreadable ({exc}); re-create it") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"CAM file {path} is corrupt or unreadable ({exc}); re-create it") from exc
+        raise DataError(
+            f"CAM file {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); delete it and re-run "
+            "the stage that makes it (make-cams) to re-create it"
+        ) from exc
     if (
         keys.dtype.kind not in "iu"
         or cams.dtype.kind != "f"
@@ -203,8 +253,18 @@ def load_cam(path: str | os.PathLike) -> CamRecord:
             stride=int(stride_arr),
             norm=str(norm_arr),
         )
-    except ValueError as exc:
-        raise DataError(f"CAM file {path} is inconsistent: {exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"CAM file {path} is inconsistent: {exc}; re-create it") from exc
+
+
+def _looks_pickled(path: Path) -> bool:
+    """Whether ``path`` starts as a pickle (protocol 2+) or a ``.npy`` (which then holds objects)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(6)
+    except OSError:
+        return False
+    return head.startswith((b"\x80", b"\x93NUMPY"))
 
 
 def is_complete(path: str | os.PathLike) -> bool:
@@ -224,5 +284,5 @@ def is_complete(path: str | os.PathLike) -> bool:
             if any(f not in npz.files for f in FIELDS):
                 return False
             return int(npz["format_version"]) == FORMAT_VERSION
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+    except Exception:  # unreadable in any way: not finished, so the stage makes it again
         return False

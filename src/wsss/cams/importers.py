@@ -14,13 +14,12 @@ so these readers refuse unless the caller states trust in the file's source (``t
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from numpy.lib.npyio import NpzFile
 from tqdm import tqdm
 
 from wsss.cams.files import CamRecord, cam_path, is_complete, save_record
@@ -46,8 +45,14 @@ def _load_pickled_dict(path: str | os.PathLike, trust: bool, fmt: str) -> dict[A
         raise DataError(f"CAM dump not found: {path}")
     try:
         obj = np.load(path, allow_pickle=True)  # only reached with trust=True (--trust-pickle)
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path} could not be read as a pickled .npy ({exc})") from exc
+    except Exception as exc:  # unpickling fails with whatever the file's objects raise
+        raise DataError(
+            f"{path} could not be read as a pickled .npy ({type(exc).__name__}: {exc}); is it an IRN/PSA "
+            "CAM dump (np.save of a dict)? Export it again from the code base that wrote it"
+        ) from exc
+    if isinstance(obj, NpzFile):
+        obj.close()
+        raise DataError(f"{path} is an .npz archive, not a pickled .npy CAM dump; rename or re-export it")
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0:
         obj = obj.item()
     if not isinstance(obj, dict):

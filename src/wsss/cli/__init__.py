@@ -11,11 +11,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
+import shlex
 import sys
+from pathlib import Path
 
 from wsss import __version__
 from wsss.errors import WsssError
+from wsss.interrupt import exit_status, signal_name, signal_of, sigterm_as_interrupt
+from wsss.threads import apply_wait_policy
 
 # Command modules, in the order their commands appear in ``wsss --help``.
 _COMMAND_MODULES = ("wsss.cli.pipeline", "wsss.cli.data", "wsss.cli.evaluate", "wsss.cli.report")
@@ -81,21 +86,45 @@ def log_to_run_files(exc: BaseException, what: str) -> None:
                 handler.handle(logger.makeRecord(name, logging.ERROR, __file__, 0, what, (), exc_info))
 
 
+def resume_command(argv: list[str], out: Path | None) -> str:
+    """The command that resumes an interrupted run: the same arguments (a changed recipe would be
+    refused), with the run directory spelled out when it was a default."""
+    words = ["wsss", *argv]
+    if out is not None and not any(w == "--out" or w.startswith("--out=") for w in argv):
+        words += ["--out", str(out)]
+    return shlex.join(words)
+
+
+def interrupt_message(args: argparse.Namespace, argv: list[str], exc: BaseException) -> str:
+    """One line: the signal, the stage it stopped (``RunInterrupted`` says), how to resume."""
+    head = f"wsss {args.command}: interrupted by {signal_name(signal_of(exc))}"
+    if not getattr(args, "resumable", False):
+        return f"{head}; finished outputs are kept, rerun to resume"
+    stage = getattr(exc, "stage", None)
+    where = f" in stage {stage}" if stage else ""
+    out = getattr(args, "out", None) or getattr(exc, "run_dir", None)  # demo: its own --out
+    return f"{head}{where}; finished files and checkpoints are kept; resume with: {resume_command(argv, out)}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    apply_wait_policy()  # before anything imports torch: a short OpenMP spin-wait (wsss.threads)
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
-        result = args.func(args)
+        with sigterm_as_interrupt():  # SIGTERM (kill, a scheduler) takes Ctrl-C's clean path
+            result = args.func(args)
     except WsssError as exc:
         message = f"wsss {args.command}: error: {user_message(exc)}"
         log_to_run_files(exc, message)
         print(message, file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            f"wsss {args.command}: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr
-        )
-        return 130
+    except KeyboardInterrupt as exc:
+        message = interrupt_message(args, argv, exc)
+        log_to_run_files(exc, message)
+        if os.environ.get("RANK", "0") in ("", "0"):  # torchrun: one line, from rank 0
+            print(message, file=sys.stderr)
+        return exit_status(exc)
     return int(result or 0)
 
 

@@ -207,6 +207,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         quick=args.quick,
         overrides=args.overrides,
         with_upper_bound=args.with_upper_bound,
+        progress=args.progress,
     )
     return 0
 
@@ -233,7 +234,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a value of the demo recipe",
     )
-    p.set_defaults(func=cmd_demo)
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const=False,
+        default=None,
+        help="no progress bars (they are off anyway when stderr is not a terminal, e.g. in a log file)",
+    )
+    p.set_defaults(func=cmd_demo, resumable=True)
 
     p = sub.add_parser(
         "run",
@@ -247,7 +256,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="A,B,...",
         help=f"comma-separated subset of the recipe's stages, in order; valid: {', '.join(STAGE_NAMES)}",
     )
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, resumable=True)
 
     p = sub.add_parser(
         "recipes",
@@ -266,4 +275,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     for stage, (text, description) in STAGE_HELP.items():
         p = sub.add_parser(stage, help=text, description=description)
         _add_run_options(p, out_required=True, shard=stage in SHARDED_STAGES)
-        p.set_defaults(func=_stage_command(stage))
+        p.set_defaults(func=_stage_command(stage), resumable=True)

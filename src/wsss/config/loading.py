@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import posixpath
 import types
 import typing
@@ -19,7 +20,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from wsss.config.schema import Recipe
+from wsss.config.schema import Recipe, value_problems
 from wsss.errors import ConfigError
 from wsss.files import write_text
 from wsss.registry import suggest
@@ -48,7 +49,13 @@ def _find_recipe(ref: str | Path, relative_to: Path | None = None) -> tuple[str,
     ref_s = str(ref)
     cand = relative_to / ref_s if relative_to is not None else Path(ref_s)
     if cand.is_file():
-        return cand.read_text(), str(cand), str(cand.resolve())
+        try:
+            text = cand.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"recipe {cand} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+            ) from exc
+        return text, str(cand), str(cand.resolve())
     name = ref_s[:-5] if ref_s.endswith(".yaml") else ref_s
     shipped = resources.files(RECIPE_PACKAGE).joinpath(f"{name}.yaml")
     if shipped.is_file():
@@ -63,9 +70,14 @@ def _parse(text: str, where: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{where}: invalid YAML: {exc}; fix the syntax at the line it names") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # e.g. a date 2024-13-45
+        raise ConfigError(f"{where}: a value cannot be read ({type(exc).__name__}: {exc}); quote it") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: a recipe must be a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"{where}: a recipe must be a mapping (key: value lines), got {type(data).__name__}; "
+            "see 'wsss recipes --show synth/demo' for the layout"
+        )
     return data
 
 
@@ -145,8 +157,8 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         path, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from exc
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({exc}); quote it") from exc
         node = tree
         keys = path.strip().split(".")
         for key in keys[:-1]:
@@ -167,7 +179,7 @@ def from_dict(cls: type[T], data: Any, path: str = "", key_lines: Mapping[str, s
     ``key_lines`` (dotted key → "FILE, line N") lets an unknown key's error name its line.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"'{path or '<root>'}' must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"'{path or '<root>'}' must be a mapping, got {type(data).__name__}{_fix(path)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -180,6 +192,12 @@ def from_dict(cls: type[T], data: Any, path: str = "", key_lines: Mapping[str, s
             )
         kwargs[key] = _coerce(hints[key], value, full, key_lines)
     return cls(**kwargs)
+
+
+def _fix(path: str) -> str:
+    """What to do about a bad value of the recipe key ``path``."""
+    key = path.split("[", 1)[0]  # the list a bad item is in: --set sets the whole list
+    return f"; fix it in the recipe or with --set {key}=..." if key else ""
 
 
 def _coerce(tp: Any, value: Any, path: str, key_lines: Mapping[str, str] | None = None) -> Any:
@@ -200,22 +218,24 @@ def _coerce(tp: Any, value: Any, path: str, key_lines: Mapping[str, str] | None 
                 return _coerce(arg, value, path, key_lines)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"'{path}': {value!r} fits none of {tp}")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"'{path}': {value!r} fits none of {tp}{_fix(path)}"
+        )
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
             raise ConfigError(
                 f"'{path}' must be one of {', '.join(map(repr, choices))}, got {value!r}"
-                f"{suggest(str(value), [str(c) for c in choices])}"
+                f"{suggest(str(value), [str(c) for c in choices])}{_fix(path)}"
             )
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"'{path}' must be a list, got {value!r}")
+            raise ConfigError(f"'{path}' must be a list, got {value!r}{_fix(path)}")
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise ConfigError(f"'{path}' must have {len(args)} items, got {len(value)}")
+                raise ConfigError(f"'{path}' must have {len(args)} items, got {len(value)}{_fix(path)}")
             return tuple(
                 _coerce(a, v, f"{path}[{i}]", key_lines) for i, (a, v) in enumerate(zip(args, value))
             )
@@ -224,28 +244,34 @@ def _coerce(tp: Any, value: Any, path: str, key_lines: Mapping[str, str] | None 
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"'{path}' must be a mapping, got {value!r}")
+            raise ConfigError(f"'{path}' must be a mapping, got {value!r}{_fix(path)}")
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"'{path}' must be true or false, got {value!r}")
+            raise ConfigError(f"'{path}' must be true or false, got {value!r}{_fix(path)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"'{path}' must be an integer, got {value!r}")
+            raise ConfigError(f"'{path}' must be an integer, got {value!r}{_fix(path)}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
-                raise ConfigError(f"'{path}' must be a number, got {value!r}") from None
+                raise ConfigError(f"'{path}' must be a number, got {value!r}{_fix(path)}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"'{path}' must be a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"'{path}' must be a number, got {value!r}{_fix(path)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"'{path}' must be a finite number, got {value!r}{_fix(path)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"'{path}' must be a string, got {value!r}")
+            raise ConfigError(f"'{path}' must be a string, got {value!r}{_fix(path)}")
         return value
     raise TypeError(f"schema type {tp!r} at '{path}' is not supported by the loader")
 
@@ -254,12 +280,21 @@ def _coerce(tp: Any, value: Any, path: str, key_lines: Mapping[str, str] | None 
 def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load a recipe file or shipped name, apply overrides, and validate it."""
     tree, key_lines = _load_tree(ref)
-    return from_dict(Recipe, apply_overrides(tree, overrides or []), key_lines=key_lines)
+    return check_values(from_dict(Recipe, apply_overrides(tree, overrides or []), key_lines=key_lines))
 
 
 def recipe_from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
     """Validate an in-memory recipe mapping (tests, programmatic use)."""
-    return from_dict(Recipe, apply_overrides(tree, overrides or []))
+    return check_values(from_dict(Recipe, apply_overrides(tree, overrides or [])))
+
+
+def check_values(recipe: Recipe) -> Recipe:
+    """``recipe`` unchanged, or a ConfigError listing every value no run can use (see
+    :func:`wsss.config.schema.value_problems`)."""
+    problems = value_problems(recipe)
+    if problems:
+        raise ConfigError(problems[0] if len(problems) == 1 else "; ".join(problems))
+    return recipe
 
 
 def to_dict(recipe: Any) -> dict[str, Any]:

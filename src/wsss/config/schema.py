@@ -2,11 +2,15 @@
 
 Field defaults are the clean behaviour; recipes in ``recipes/`` set paper values. Component
 choices (``model``, ``method``, ``extractor`` …) are registry names; their free-form
-``*_args`` dicts are checked against the registered builder's signature when built.
+``*_args`` dicts are checked against the registered builder's signature when built. Values a
+type admits but no run can use (a negative lr, a threshold above 1, an empty scale list) are
+refused by :func:`value_problems`, by field name, in every section that has the field.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,6 +56,11 @@ class TrainerConfig:
     # steps grow into other (not worse) numbers; off, so the README's measured runs repeat. ``auto``:
     # channels-last on the CPU, as loaded elsewhere.
     channels_last: bool | Literal["auto"] = False
+    # A loss term (or, without fp16 AMP, a gradient) that is NaN or inf: ``stop`` raises, naming the
+    # epoch, step and images, with the last epoch checkpoint kept; ``skip`` drops that optimizer step
+    # (no update) and counts it (``skipped_steps``), stopping anyway past 10 % of an epoch's steps or
+    # 5 in a row. fp16 AMP's scaler still skips overflowing steps on its own (not counted).
+    nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass
@@ -133,6 +142,10 @@ class CamConfig:
     forward_images: int = 0
     fold_bn: bool = True
     channels_last: bool | Literal["auto"] = "auto"
+    # An image whose stored maps hold NaN or inf: ``stop`` raises naming it and its classes (files
+    # written so far are kept; a rerun resumes); ``skip`` writes no CAM file for it but a marker
+    # ``NAME.nonfinite.json``, lists it in the stage metrics, and later stages that need its CAM say so.
+    nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass
@@ -157,6 +170,9 @@ class LabelConfig:
     # n_labels 21 on VOC: a non-chosen label costs -log(0.3/20) = 4.20 instead of 1.20 with 2 labels).
     crf_label_space: Literal["present", "dataset"] = "present"
     workers: int = 1  # processes for the CRF
+    # The splits that get labels; None: every CAM split (cams.splits). Which images get a label does
+    # not change any label, so a rerun may narrow or widen this without starting the run over.
+    splits: list[str] | None = None
 
 
 @dataclass
@@ -330,3 +346,129 @@ class Recipe:
     segmentation: SegConfig = field(default_factory=SegConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- value rules
+# field name -> (test of a set value, what the value must be). ``None`` (an optional feature left
+# off) is never tested. A name means the same thing in every section that has it (``lr`` of the
+# classifier, the affinity net, the segmentation net ...), so one table serves them all.
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _num(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Callable[[Any], bool]:
+    """A number within [lo, hi] (``lo_open``: above lo). NaN fails every comparison, so it fails."""
+
+    def test(v: Any) -> bool:
+        if lo is not None and not (v > lo if lo_open else v >= lo):
+            return False
+        return hi is None or v <= hi
+
+    return test
+
+
+def _each(test: Callable[[Any], bool], *, nonempty: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (len(v) > 0 or not nonempty) and all(test(x) for x in v)
+
+
+def _range(lo_test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """A (low, high) pair, both passing ``lo_test``, low <= high."""
+    return lambda v: lo_test(v[0]) and lo_test(v[1]) and v[0] <= v[1]
+
+
+_POSITIVE = _num(0, lo_open=True)
+_AT_LEAST_1 = _num(1)
+_NON_NEGATIVE = _num(0)
+_UNIT = _num(0, 1)
+
+VALUE_RULES: dict[str, Rule] = {
+    "seed": (_num(0, 2**32 - 1), "an integer in [0, 2**32)"),
+    "stages": (_each(bool, nonempty=True), "a non-empty list of stage names"),
+    "epochs": (_AT_LEAST_1, ">= 1"),
+    "batch_size": (_AT_LEAST_1, ">= 1"),
+    "lr": (_POSITIVE, "> 0"),
+    "weight_decay": (_NON_NEGATIVE, ">= 0"),
+    "momentum": (_UNIT, "in [0, 1]"),
+    "head_lr_mult": (_POSITIVE, "> 0"),
+    "num_workers": (_NON_NEGATIVE, ">= 0"),
+    "log_every": (_AT_LEAST_1, ">= 1"),
+    "crop_size": (_AT_LEAST_1, ">= 1"),
+    "resize_long": (_range(_AT_LEAST_1), "[low, high] with 1 <= low <= high"),
+    "scale": (_range(_POSITIVE), "[low, high] with 0 < low <= high"),
+    "color_jitter": (
+        lambda v: all(x >= 0 for x in v) and v[3] <= 0.5,
+        "[brightness, contrast, saturation, hue], all >= 0 and hue <= 0.5",
+    ),
+    "cutout": (_each(_AT_LEAST_1), "[holes, side] with both >= 1"),
+    "heat_scales": (_each(_POSITIVE, nonempty=True), "a non-empty list of numbers > 0"),
+    "heat_stride": (_AT_LEAST_1, ">= 1"),
+    "heat_keep": (_UNIT, "in [0, 1]"),
+    "holdout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "validate_every": (_NON_NEGATIVE, ">= 0"),
+    "validation_size": (_AT_LEAST_1, ">= 1 (or null)"),
+    "scales": (_each(_POSITIVE, nonempty=True), "a non-empty list of numbers > 0"),
+    "cam_scales": (_each(_POSITIVE, nonempty=True), "a non-empty list of numbers > 0"),
+    "stride": (_AT_LEAST_1, ">= 1"),
+    "batch_images": (_AT_LEAST_1, ">= 1"),
+    "forward_images": (_NON_NEGATIVE, ">= 0"),
+    "window": (_AT_LEAST_1, ">= 1 (or null)"),
+    "window_stride": (_AT_LEAST_1, ">= 1"),
+    "bg_threshold": (_UNIT, "in [0, 1]"),
+    "fg_threshold": (_UNIT, "in [0, 1]"),
+    "low_threshold": (_UNIT, "in [0, 1]"),
+    "fixed_threshold": (_UNIT, "in [0, 1] (or null)"),
+    "alpha_fg": (_POSITIVE, "> 0"),
+    "alpha_bg": (_POSITIVE, "> 0"),
+    "workers": (_AT_LEAST_1, ">= 1"),
+    "radius": (_AT_LEAST_1, ">= 1"),
+    "beta": (_POSITIVE, "> 0"),
+    "logt": (_NON_NEGATIVE, ">= 0"),
+    "cam_power": (_POSITIVE, "> 0"),
+    "thresholds": (
+        lambda v: 0 <= v[0] <= 1 and v[1] > v[0] and v[2] > 0,
+        "[start, stop, step] with 0 <= start <= 1, stop > start and step > 0",
+    ),
+}
+
+
+def _section_problems(obj: Any, path: str) -> list[tuple[str, Any, str]]:
+    """Rules that tie two fields of one section together: (key, value, what it must be)."""
+    out: list[tuple[str, Any, str]] = []
+    if isinstance(obj, (CamConfig, PredictConfig)) and not (obj.splits and all(obj.splits)):
+        out.append((f"{path}splits", obj.splits, "a non-empty list of split names"))  # labels.splits: null
+    if isinstance(obj, LabelConfig) and obj.low_threshold > obj.fg_threshold:
+        out.append((f"{path}low_threshold", obj.low_threshold, f"<= fg_threshold ({obj.fg_threshold})"))
+    if isinstance(obj, RandomWalkConfig):
+        if obj.bg_mode == "constant" and not _UNIT(obj.bg_value):
+            out.append((f"{path}bg_value", obj.bg_value, "in [0, 1] with bg_mode: constant"))
+        if obj.bg_mode == "power" and not _POSITIVE(obj.bg_value):
+            out.append((f"{path}bg_value", obj.bg_value, "> 0 with bg_mode: power (the exponent)"))
+    return out
+
+
+def _bad_values(obj: Any, path: str) -> list[tuple[str, Any, str]]:
+    found: list[tuple[str, Any, str]] = []
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{path}{f.name}"
+        if dataclasses.is_dataclass(value):
+            found += _bad_values(value, f"{key}.")
+            continue
+        rule = VALUE_RULES.get(f.name)
+        if rule is None or value is None or isinstance(value, (dict, str, bool)):
+            continue  # free-form *_args and names are the registries' to check
+        test, must = rule
+        try:
+            ok = bool(test(value))
+        except (TypeError, IndexError):
+            ok = False
+        if not ok:
+            found.append((key, value, must))
+    return found + _section_problems(obj, path)
+
+
+def value_problems(obj: Any, path: str = "") -> list[str]:
+    """Every value of the (type-checked) recipe section ``obj`` that no run can use, one message each,
+    naming its dotted key and what it must be."""
+    return [
+        f"'{key}' must be {must}, got {value!r}; fix it in the recipe or with --set {key}=..."
+        for key, value, must in _bad_values(obj, path)
+    ]

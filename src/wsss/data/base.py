@@ -19,9 +19,10 @@ from torchvision import tv_tensors
 from tqdm import tqdm
 
 from wsss.data.classes import COCO_CLASSES, VOC_CLASSES
-from wsss.data.images import format_size, image_size, read_image
+from wsss.data.images import format_size, image_header, image_size, read_image
 from wsss.data.labels import labels_from_masks, load_image_labels
-from wsss.data.palette import read_label_png
+from wsss.data.palette import IGNORE_INDEX, check_mask_mode, read_label_png
+from wsss.data.textfiles import check_name_inside, read_user_text
 from wsss.errors import DataError
 
 _SHOW = 5  # how many offending names an error message lists
@@ -44,26 +45,29 @@ def read_list_file(path: str | os.PathLike) -> list[str]:
 
     Only the first token of a line counts, and a path-like token is reduced to its stem,
     so DeepLab-style lists (``/JPEGImages/x.jpg /SegmentationClassAug/x.png``) work too.
-    Blank lines and ``#`` comments are skipped.
+    Blank lines and ``#`` comments are skipped; a UTF-8 BOM and Windows line ends are fine. A name
+    listed twice, or one that climbs out of the dataset (``../x``), is an error.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"split list not found: {path}")
     names: list[str] = []
-    seen: set[str] = set()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(read_user_text(path, "split list").splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         token = line.split()[0]
+        check_name_inside(token, f"split list {path}, line {lineno}")
         if "/" in token or "\\" in token or Path(token).suffix.lower() in (".jpg", ".jpeg", ".png"):
             token = Path(token.replace("\\", "/")).stem
         if token in seen:
-            raise DataError(f"split list {path}, line {lineno}: '{token}' is listed twice")
-        seen.add(token)
+            raise DataError(
+                f"split list {path}, line {lineno}: '{token}' is listed twice (first on line {seen[token]}); "
+                "delete one of the lines"
+            )
+        seen[token] = lineno
         names.append(token)
     if not names:
-        raise DataError(f"split list {path} names no images")
+        raise DataError(f"split list {path} names no images; write one image name per line")
     return names
 
 
@@ -89,16 +93,27 @@ def read_class_names(path: str | os.PathLike, background_optional: bool = False)
     ``background_optional`` a file of foreground names only gets it prepended.
     """
     path = Path(path)
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    names = [ln.strip() for ln in read_user_text(path, "class list").splitlines() if ln.strip()]
     if not names:
-        raise DataError(f"class list {path} is empty")
+        raise DataError(f"class list {path} is empty; write the class names there, one per line")
     if names[0] != "background":
         if not background_optional:
-            raise DataError(f"class list {path}: the first line must be 'background' (got '{names[0]}')")
+            raise DataError(
+                f"class list {path}: the first line must be 'background' (got '{names[0]}'); add it above "
+                "the class names"
+            )
+        if "background" in names:
+            raise DataError(
+                f"class list {path}: 'background' is on line {names.index('background') + 1} of the names; "
+                "it may only be the first line (class index 0), or be left out: move or delete it"
+            )
         names.insert(0, "background")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise DataError(f"class list {path}: duplicate class names {dupes}")
+        raise DataError(
+            f"class list {path}: duplicate class names {dupes}; each class must be listed once (delete the "
+            "repeats)"
+        )
     if len(names) > 255:
         raise DataError(
             f"class list {path}: {len(names)} classes, at most 255 fit a PNG mask with 255 = ignore"
@@ -133,7 +148,7 @@ def check_files_exist(paths: Sequence[Path], list_file: Path | str, what: str = 
     if missing:
         raise DataError(
             f"split list {list_file} names {len(missing)} {what}(s) that do not exist "
-            f"(of {len(paths)}): {name_preview(missing)}"
+            f"(of {len(paths)}): {name_preview(missing)}; add the files or remove their names from the list"
         )
 
 
@@ -164,7 +179,8 @@ def stack_labels(
     if missing:
         raise DataError(
             f"{source} has no image-level labels for {len(missing)} of {len(names)} listed images: "
-            f"{name_preview(missing)}"
+            f"{name_preview(missing)}; add a line for each (an empty tag list means background only) or "
+            "remove them from the split"
         )
     out = np.zeros((len(names), k), dtype=np.float32)
     for i, n in enumerate(names):
@@ -304,7 +320,9 @@ class TaggedImageDataset(Dataset):
         path = self.mask_path(i)
         if path is None:
             raise DataError(f"{self.source or 'dataset'} has no masks (image '{self.names[i]}')")
-        return read_label_png(path, expected_size=expected_size or self.image_size(i))
+        mask = read_label_png(path, expected_size=expected_size or self.image_size(i))
+        check_mask_values(mask, path, self.class_names)
+        return mask
 
     def class_image_counts(self) -> np.ndarray:
         """(K,) number of images tagged with each foreground class."""
@@ -316,6 +334,7 @@ class TaggedImageDataset(Dataset):
         data: dict[str, Any] = {"image": tv_tensors.Image(torch.from_numpy(array.transpose(2, 0, 1).copy()))}
         if self.with_masks and self._mask_paths is not None:
             mask = read_label_png(self._mask_paths[i], expected_size=size)
+            check_mask_values(mask, self._mask_paths[i], self.class_names)
             data["mask"] = tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64)))
         if self.transform is not None:
             data = self.transform(data)
@@ -330,17 +349,38 @@ class TaggedImageDataset(Dataset):
         return sample
 
 
+def check_mask_values(mask: np.ndarray, path: Path, class_names: Sequence[str]) -> None:
+    """A DataError when ``mask`` holds a value that is neither a class index nor 255 (ignore):
+    such a pixel would be scored or trained as a class that does not exist."""
+    num_classes = len(class_names)
+    if num_classes >= IGNORE_INDEX:
+        return
+    if int(mask.max(initial=0)) < num_classes:
+        return
+    counts = np.bincount(np.asarray(mask, dtype=np.uint8).ravel(), minlength=256)
+    counts[IGNORE_INDEX] = 0
+    bad = np.flatnonzero(counts[num_classes:]) + num_classes
+    if bad.size:
+        raise DataError(
+            f"mask {path} holds class index {int(bad[0])}, but the dataset has {num_classes} classes "
+            f"(0..{num_classes - 1}, 255 = ignore); fix the mask, or add the class to the class list"
+        )
+
+
 def header_problems(
     ds: TaggedImageDataset, *, desc: str = "check files", progress: bool = False
 ) -> list[str]:
-    """What the file headers alone show wrong: an unreadable image or mask, or a mask whose size
-    differs from its image's. PIL reads only the header, so this costs seconds where decoding
-    every file (``wsss data check``) costs minutes."""
+    """What the file headers alone show wrong: an unreadable image or mask, a mask that is not an
+    8-bit index map (RGB, 16-bit), or a mask whose size differs from its image's. PIL reads only the
+    header, so this costs seconds where decoding every file (``wsss data check``) costs minutes."""
     problems = []
     for i in tqdm(range(len(ds)), desc=desc, unit="img", disable=not progress):
         try:
             size, mask = ds.image_size(i), ds.mask_path(i)
-            mask_size = image_size(mask, what="mask") if mask is not None else size
+            mask_size = size
+            if mask is not None:
+                mask_size, mode = image_header(mask, what="mask")
+                check_mask_mode(mode, mask)
         except DataError as exc:
             problems.append(str(exc))
             continue
@@ -358,6 +398,6 @@ def check_file_headers(ds: TaggedImageDataset, *, desc: str = "check files", pro
     if problems:
         raise DataError(
             f"{ds.source}: {len(problems)} of {len(ds)} images have a bad image or mask file (sizes WxH): "
-            f"{name_preview(problems, sep='; ')}; a mask must have its image's size: re-create these files, "
-            "or remove their names from the split list"
+            f"{name_preview(problems, sep='; ')}; a mask must be an 8-bit index map of its image's size: "
+            "re-create these files, or remove their names from the split list"
         )

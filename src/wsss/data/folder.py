@@ -90,7 +90,7 @@ def build_folder(
         if missing:
             raise DataError(
                 f"split list {list_file} names {len(missing)} image(s) not found in {root / image_dir}: "
-                f"{name_preview(missing)}"
+                f"{name_preview(missing)}; add the images there or remove their names from the list"
             )
     image_paths = [images[n] for n in names]
     check_files_exist(image_paths, source)

@@ -19,15 +19,18 @@ import os
 import pickle
 import re
 import xml.etree.ElementTree as ET
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.lib import format as npy_format
+from numpy.lib.npyio import NpzFile
 from tqdm import tqdm
 
 from wsss.data.palette import IGNORE_INDEX, read_label_png
+from wsss.data.textfiles import check_name_inside, read_user_text
 from wsss.errors import DataError
 from wsss.files import atomic_open
 from wsss.registry import suggest
@@ -91,8 +94,11 @@ def read_cls_labels_npy(path: str | os.PathLike) -> dict[str, np.ndarray]:
             obj = _NumpyOnlyUnpickler(fh, path).load()
     except DataError:
         raise
-    except (ValueError, EOFError, pickle.UnpicklingError, OSError, TypeError) as exc:
-        raise DataError(f"{path} is not a readable cls_labels .npy file ({exc})") from exc
+    except Exception as exc:  # the restricted unpickler runs nothing, so any failure means a damaged file
+        raise DataError(
+            f"{path} is not a readable cls_labels .npy file ({type(exc).__name__}: {exc}); re-download it, "
+            "or write the labels with `wsss data tags`"
+        ) from exc
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj.item()
     if not isinstance(obj, dict):
@@ -162,26 +168,33 @@ def read_labels(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], tuple[s
     path = Path(path)
     if not path.is_file():
         raise DataError(f"labels file not found: {path}")
+    redo = "write it again with `wsss data tags`"
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, NpzFile):
+            raise DataError(f"{path} is a bare .npy array, not a wsss labels .npz; {redo}")
+        with z:
             missing = {"names", "labels", "class_names", "format_version"} - set(z.files)
             if missing:
-                raise DataError(f"{path} is not a wsss labels file: missing arrays {sorted(missing)}")
+                raise DataError(f"{path} is not a wsss labels file: missing arrays {sorted(missing)}; {redo}")
             version = int(z["format_version"])
-            names = [str(n) for n in z["names"]]
+            names = [str(n) for n in np.asarray(z["names"]).reshape(-1)]
             matrix = np.asarray(z["labels"], dtype=np.float32)
-            class_names = tuple(str(c) for c in z["class_names"])
+            class_names = tuple(str(c) for c in np.asarray(z["class_names"]).reshape(-1))
     except DataError:
         raise
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable labels .npz ({exc})") from exc
+    except (ValueError, TypeError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataError(
+            f"{path} is not a readable labels .npz ({type(exc).__name__}: {exc}); {redo}"
+        ) from exc
     if version > LABELS_FORMAT_VERSION:
         raise DataError(
-            f"{path} has labels format version {version}; this wsss reads up to {LABELS_FORMAT_VERSION}"
+            f"{path} has labels format version {version}; this wsss reads up to {LABELS_FORMAT_VERSION} "
+            "(upgrade wsss, or write it again with this version's `wsss data tags`)"
         )
     if matrix.shape != (len(names), len(class_names) - 1):
         raise DataError(
-            f"{path}: labels array is {matrix.shape}, expected ({len(names)}, {len(class_names) - 1})"
+            f"{path}: labels array is {matrix.shape}, expected ({len(names)}, {len(class_names) - 1}); {redo}"
         )
     return {n: matrix[i].copy() for i, n in enumerate(names)}, class_names
 
@@ -203,7 +216,8 @@ def labels_from_masks(
         if bad.size:
             raise DataError(
                 f"mask {mask_path} contains class index {int(bad[0]) + num_classes} but the dataset has "
-                f"{num_classes} classes (0..{num_classes - 1}, 255 = ignore)"
+                f"{num_classes} classes (0..{num_classes - 1}, 255 = ignore); fix the mask, or add the "
+                "class to the class list"
             )
         out[mask_path.stem] = (counts[1:num_classes] > 0).astype(np.float32)
     return out
@@ -236,7 +250,8 @@ def read_tags(path: str | os.PathLike, class_names: Sequence[str]) -> dict[str, 
     In CSV the tags are separated by ``;`` when the field contains one, else by whitespace
     (so multi-word class names need ``;``). Image names are reduced to their stem. A
     ``background`` tag is accepted and ignored; an unknown class is an error naming the file,
-    the line and the closest valid name.
+    the line and the closest valid name. A UTF-8 BOM and Windows line ends are fine; an image name
+    that climbs out of the dataset (``../x.jpg``) is an error.
     """
     path = Path(path)
     if not path.is_file():
@@ -251,17 +266,19 @@ def read_tags(path: str | os.PathLike, class_names: Sequence[str]) -> dict[str, 
     index = {name: i for i, name in enumerate(class_names)}
     out: dict[str, np.ndarray] = {}
     for where, image, tags in entries:
+        if not image.strip():
+            raise DataError(f"{path}, {where}: empty image name; write the image's file name first")
+        check_name_inside(image.strip(), f"{path}, {where}")
         name = _image_stem(image)
-        if not name:
-            raise DataError(f"{path}, {where}: empty image name")
         if name in out:
-            raise DataError(f"{path}, {where}: image '{name}' is listed twice")
+            raise DataError(f"{path}, {where}: image '{name}' is listed twice; merge its tags into one entry")
         vec = np.zeros(len(class_names) - 1, dtype=np.float32)
         for tag in tags:
             if tag not in index:
                 raise DataError(
                     f"{path}, {where}: unknown class '{tag}'{suggest(tag, class_names[1:])}; "
-                    f"valid classes: {', '.join(class_names[1:])}"
+                    f"valid classes: {', '.join(class_names[1:])} (fix the tag, or add the class to the "
+                    "class list)"
                 )
             if index[tag] > 0:
                 vec[index[tag] - 1] = 1.0
@@ -284,11 +301,13 @@ def _split_tags(field: str) -> list[str]:
 
 
 def _read_tags_csv(path: Path) -> list[tuple[str, str, list[str]]]:
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
+    reader = csv.reader(io.StringIO(read_user_text(path, "tags file"), newline=""))
+    try:
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header[:2]] != ["image", "tags"]:
-            raise DataError(f"{path}, line 1: the header must be 'image,tags' (got {header})")
+            raise DataError(
+                f"{path}, line 1: the header must be 'image,tags' (got {header}){_delimiter_hint(header)}"
+            )
         entries = []
         for row in reader:
             if not row or all(not c.strip() for c in row):
@@ -299,23 +318,43 @@ def _read_tags_csv(path: Path) -> list[tuple[str, str, list[str]]]:
                     "separated by ';' or spaces (quote the field if it contains commas)"
                 )
             entries.append((f"line {reader.line_num}", row[0], _split_tags(row[1] if len(row) > 1 else "")))
+    except csv.Error as exc:
+        raise DataError(
+            f"{path}, line {reader.line_num}: not readable as CSV ({exc}); fix that line"
+        ) from exc
     return entries
+
+
+def _delimiter_hint(header: list[str] | None) -> str:
+    """What to do about a header row: most often the columns are split by another character."""
+    if header is not None and len(header) == 1:
+        for sep, name in (("\t", "tabs"), (";", "';'"), ("|", "'|'")):
+            if sep in header[0]:
+                return (
+                    f"; the columns are separated by {name}: a tags CSV separates image and tags by a comma"
+                )
+    return "; the first line must read image,tags and each further line e.g. cat1.jpg,cat;dog"
 
 
 def _read_tags_json(path: Path) -> list[tuple[str, str, list[str]]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_user_text(path, "tags file"))
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from exc
+        raise DataError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg}); fix the syntax there") from exc
+    except RecursionError as exc:
+        raise DataError(f"{path}: JSON nested too deeply; a tags file is one object of lists") from exc
     if not isinstance(data, dict):
-        raise DataError(f'{path}: expected an object {{"image": ["tag", ...]}}, got {type(data).__name__}')
+        raise DataError(
+            f'{path}: expected an object {{"image": ["tag", ...]}}, got {type(data).__name__}; write the tags '
+            "as one object mapping each image to its list of classes"
+        )
     entries = []
     for image, tags in data.items():
         where = f"image '{image}'"
         if isinstance(tags, str):
             tags = _split_tags(tags)
         elif not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise DataError(f"{path}, {where}: tags must be a list of class names")
+            raise DataError(f'{path}, {where}: tags must be a list of class names, e.g. ["cat", "dog"]')
         entries.append((where, image, [t.strip() for t in tags]))
     return entries
 

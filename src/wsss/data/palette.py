@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from wsss.data.images import FORMATS, decode_error
 from wsss.errors import DataError
 from wsss.files import atomic_path
 
@@ -52,25 +53,35 @@ def write_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
         img.save(tmp, format="PNG")
 
 
+def check_mask_mode(mode: str, path: str | os.PathLike) -> None:
+    """A DataError unless ``mode`` holds 8-bit class indices (palette ``P`` or grey ``L``)."""
+    if mode in ("P", "L"):
+        return
+    if mode.startswith("I") or mode == "F":
+        raise DataError(
+            f"mask {path} is a 16/32-bit (mode-{mode}) image, not an 8-bit index map; save it as an 8-bit "
+            "grey or palette PNG whose pixel values are the class indices (0 background, 255 ignore)"
+        )
+    raise DataError(
+        f"mask {path} is a mode-{mode} image, not an index map (palette 'P' or grey 'L'); "
+        "colours are not class indices: convert it with the dataset's palette to indices"
+    )
+
+
 def read_label_png(path: str | os.PathLike, expected_size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an index mask (mode P or L) as HxW uint8; ``expected_size`` is (H, W) of its image."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"mask file not found: {path}")
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=FORMATS) as img:
+            check_mask_mode(img.mode, path)
             img.load()
-            mode = img.mode
-            if mode not in ("P", "L"):
-                raise DataError(
-                    f"mask {path} is a mode-{mode} image, not an index map (palette 'P' or grey 'L'); "
-                    "colours are not class indices: convert it with the dataset's palette to indices"
-                )
             arr = np.array(img, dtype=np.uint8)
     except DataError:
         raise
-    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-        raise DataError(f"mask {path} is corrupt or truncated ({exc}); re-create or re-download it") from exc
+    except Exception as exc:  # any decoder failure (as wsss.data.images.read_image)
+        raise decode_error(path, "mask", exc) from exc
     if expected_size is not None and arr.shape != tuple(expected_size):
         raise DataError(
             f"mask {path} is {arr.shape[1]}x{arr.shape[0]} (WxH) but its image is "

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -93,27 +94,38 @@ def load_training_state(
     unexpected and wrongly shaped keys) or ``optimizer``.
     """
     path = Path(path)
-    state = _torch_load(path, map_location)
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+    try:
+        state = _torch_load(path, map_location)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise CheckpointError(
+                f"{path} is not a wsss training state (no format marker {STATE_FORMAT!r}); "
+                "plain weights load with the model loaders instead"
+            )
+        version = state.get("version", -1)
+        if not isinstance(version, int) or version > STATE_VERSION:
+            raise CheckpointError(
+                f"{path} has training-state version {version!r}, newer than this wsss "
+                f"understands ({STATE_VERSION}); upgrade wsss"
+            )
+        lacking = [k for k in ("model", "epoch", "step", "rng") if k not in state]
+        if lacking or not isinstance(state["model"], Mapping):
+            raise CheckpointError(
+                f"{path} is an incomplete training state (no {', '.join(lacking) or 'model'})"
+            )
+        load_model_state(unwrap(model), state["model"], source=path)
+        if optimizer is not None:
+            _load_component(path, "optimizer", state.get("optimizer"), optimizer)
+        if scheduler is not None:
+            _load_component(path, "scheduler", state.get("scheduler"), scheduler)
+        if scaler is not None:
+            _load_scaler(path, state.get("scaler"), scaler)
+        if restore_rng:
+            restore_rng_state(state["rng"])
+        return {"epoch": int(state["epoch"]), "step": int(state["step"]), "extra": state.get("extra", {})}
+    except CheckpointError as exc:
         raise CheckpointError(
-            f"{path} is not a wsss training state (no format marker {STATE_FORMAT!r}); "
-            "plain weights load with the model loaders instead"
-        )
-    if int(state.get("version", -1)) > STATE_VERSION:
-        raise CheckpointError(
-            f"{path} has training-state version {state['version']}, newer than this wsss "
-            f"understands ({STATE_VERSION}); upgrade wsss"
-        )
-    load_model_state(unwrap(model), state["model"], source=path)
-    if optimizer is not None:
-        _load_component(path, "optimizer", state.get("optimizer"), optimizer)
-    if scheduler is not None:
-        _load_component(path, "scheduler", state.get("scheduler"), scheduler)
-    if scaler is not None:
-        _load_scaler(path, state.get("scaler"), scaler)
-    if restore_rng:
-        restore_rng_state(state["rng"])
-    return {"epoch": int(state["epoch"]), "step": int(state["step"]), "extra": state.get("extra", {})}
+            f"{exc}; to train from the start instead of resuming, delete {path} (or use another run directory)"
+        ) from exc.__cause__
 
 
 def load_model_state(
@@ -134,7 +146,7 @@ def load_model_state(
         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
     if missing or unexpected or mismatched:
-        problems = []
+        problems: list[str] = []
         if missing:
             problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
         if unexpected:
@@ -145,7 +157,8 @@ def load_model_state(
         raise CheckpointError(
             f"{source} does not fit {type(model).__name__}: {matched}/{len(expected)} keys match; "
             + ", ".join(problems)
-            + ". Was it saved from a different architecture or number of classes?"
+            + ". Was it saved from a different architecture or number of classes? Load it into the model "
+            "it was saved from (same recipe: model, backbone, classes)"
         )
     model.load_state_dict(state_dict, strict=True)
     return len(expected)
@@ -212,13 +225,16 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(exc))
+        reason = found.group(0) if found else "objects other than tensors and plain values"
         raise CheckpointError(
-            f"{path} holds objects that are not plain tensors/values, so it cannot be loaded safely "
-            f"with weights_only=True ({str(exc).splitlines()[0]})"
+            f"{path} holds objects that are not plain tensors/values ({reason}), which weights_only loading "
+            "refuses: unpickling them could run code hidden in the file"
         ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
+    except Exception as exc:  # torch's zip/pickle readers fail on a damaged file with many types
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointError(
-            f"{path} is not a readable torch checkpoint (truncated or corrupt?): {exc}"
+            f"{path} is not a readable torch checkpoint (truncated or corrupt?): {type(exc).__name__}: {first}"
         ) from exc
 
 

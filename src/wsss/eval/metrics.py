@@ -73,6 +73,19 @@ def mean_iou(matrix: torch.Tensor, mean: str = "all") -> torch.Tensor:
     return iou.nan_to_num(0.0).mul(present).sum(-1) / present.sum(-1)
 
 
+def all_background_miou(matrix: torch.Tensor, mean: str = "all") -> torch.Tensor:
+    """mIoU of predicting background (class 0) for every pixel of the same ground truth.
+
+    The trivial baseline every scored output must beat: it needs only the matrix's row sums
+    (the ground-truth pixels per class), so it comes free with every score. Background's IoU is
+    its share of the pixels; every class with ground truth scores 0.
+    """
+    m = _check_matrix(matrix)
+    trivial = torch.zeros_like(m)
+    trivial[..., :, 0] = m.sum(-1)
+    return mean_iou(trivial, mean)
+
+
 def _num(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
@@ -121,6 +134,7 @@ def scores(
     ]
     return {
         "miou": _num(float(mean_iou(m, mean))),
+        "all_background_miou": _num(float(all_background_miou(m, mean))),
         "mean_convention": mean,
         "mean_convention_text": MEAN_CONVENTIONS[mean],
         "pixel_accuracy": _num(float(tp.sum()) / total) if total > 0 else None,

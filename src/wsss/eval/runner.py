@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wsss.cams.files import cam_path, load_cam
+from wsss.data.base import read_list_file
 from wsss.data.palette import read_label_png
 from wsss.errors import DataError
 from wsss.eval.confusion import ConfusionMatrix
@@ -22,29 +23,15 @@ from wsss.eval.metrics import scores
 from wsss.eval.sweep import ORACLE_LABEL, FixedThreshold, ThresholdSweep
 
 FIXED_LABEL = "fixed threshold (given, not chosen on this split's ground truth)"
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def read_name_list(path: str | os.PathLike) -> list[str]:
-    """Image names from a split list: one per line, first column only, blank lines skipped.
-
-    A path-like first column (``/JPEGImages/2007_000032.jpg`` in PSA's ``train_aug.txt``) is
-    reduced to its file stem, so VOC, IRN and PSA lists all work.
-    """
+    """Image names from a split list (VOC, IRN and PSA lists all work): the datasets' own reader,
+    so a name listed twice or one climbing out of the folder (``../x``) is refused here too."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"list file not found: {path}")
-    names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        token = parts[0]
-        p = Path(token)
-        names.append(p.stem if p.suffix.lower() in _IMAGE_SUFFIXES else p.name)
-    if not names:
-        raise DataError(f"list file {path} names no images")
-    return names
+        raise DataError(f"list file not found: {path}; check the path (one image name per line)")
+    return read_list_file(path)
 
 
 def _check_class_names(class_names: Sequence[str] | None, num_classes: int) -> None:

@@ -53,17 +53,26 @@ def load_checkpoint_file(path: str | Path, *, trust_pickle: bool = False) -> dic
         found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(exc))
         reason = found.group(0) if found else str(exc).splitlines()[0]
         raise CheckpointError(
-            f"checkpoint '{path}' contains Python objects that weights_only loading refuses ({reason}). "
-            "Re-save it as a plain state_dict, or load it with trust_pickle=True if you trust its source."
+            f"checkpoint '{path}' contains Python objects that weights_only loading refuses ({reason}), and "
+            "unpickling them could run code hidden in the file. If you trust its source, re-save its tensors "
+            "once as a plain state_dict: in Python, torch.save(torch.load(PATH, weights_only=False)"
+            "['model'], 'plain.pth') (or the dict that holds the tensors), or save_file from safetensors; "
+            "API callers may pass trust_pickle=True"
         ) from exc
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint '{path}': {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # torch's zip/pickle readers fail on a damaged file with many types
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(
+            f"cannot read checkpoint '{path}' ({type(exc).__name__}: {first}); it is truncated or not a "
+            ".pth/.pt/.safetensors weight file: download it again"
+        ) from exc
     return _unwrap_state_dict(obj, path)
 
 
 def _unwrap_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"checkpoint '{path}' holds a {type(obj).__name__}, not a state_dict")
+        raise CheckpointError(
+            f"checkpoint '{path}' holds a {type(obj).__name__}, not a state_dict; save model.state_dict() instead"
+        )
     for key in WRAPPER_KEYS:
         inner = obj.get(key)
         if isinstance(inner, Mapping):
@@ -174,9 +183,12 @@ def load_weights(
     report.missing = [k for k in own if k not in state and k not in new]
     report.not_loaded = [k for k in own if k not in matched and k not in new]
     if len(report.matched) < required:
+        hint = _diagnose(report, own) or (
+            f" Is it a checkpoint of another architecture? Use weights made for {type(model).__name__} "
+            "(the recipe's backbone), or none (pretrained: null) to train from scratch."
+        )
         raise CheckpointError(
-            f"checkpoint '{where}' does not fit the model: {report.counts()}; "
-            f"at least {required} must match.{_diagnose(report, own)}"
+            f"checkpoint '{where}' does not fit the model: {report.counts()}; at least {required} must match.{hint}"
         )
     model.load_state_dict({k: state[k] for k in report.matched}, strict=False)
     log.info("loaded %s", report.summary())

@@ -103,6 +103,14 @@ def _validation_tables(record: dict[str, Any]) -> str:
     return '<h3 id="classifier-validation">Classifier on held-out tags</h3>' + "".join(parts)
 
 
+def _scored(r: Result) -> str:
+    """One split's number with the all-background baseline beside it, marked when not above it."""
+    if r.baseline is None:
+        return f"{_e(r.split)} <b>{_pct(r.miou)}</b>"
+    flag = ' <span class="warn">not above all-background</span>' if r.below_baseline else ""
+    return f"{_e(r.split)} <b>{_pct(r.miou)}</b> (all-background {_pct(r.baseline)}){flag}"
+
+
 def _summary_table(record: dict[str, Any], results: list[Result]) -> str:
     by_stage: dict[str, list[Result]] = defaultdict(list)
     for r in results:
@@ -110,7 +118,7 @@ def _summary_table(record: dict[str, Any], results: list[Result]) -> str:
     rows = []
     for stage, info in record.get("stages", {}).items():
         numbers = "; ".join(
-            f"{_e(what)}: " + ", ".join(f"{_e(r.split)} <b>{_pct(r.miou)}</b>" for r in group)
+            f"{_e(what)}: " + ", ".join(_scored(r) for r in group)
             for what, group in _by_output(by_stage.get(stage, []))
         )
         reasons = _not_scored(info.get("metrics") or {})

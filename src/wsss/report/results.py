@@ -19,6 +19,17 @@ class Result:
     split: str
     miou: float
     per_class: dict[str, float] = field(default_factory=dict)
+    baseline: float | None = None  # mIoU of all-background on the same masks (older runs: None)
+
+    @property
+    def below_baseline(self) -> bool:
+        """Worse than (or equal to) predicting background everywhere: the output is useless."""
+        return self.baseline is not None and self.miou <= self.baseline
+
+
+def _baseline(m: dict[str, Any]) -> float | None:
+    value = m.get("all_background_miou")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def metric_dicts(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -33,7 +44,8 @@ def _labelled(stage: str, metrics: dict[str, Any], what: str) -> list[Result]:
     for m in metric_dicts(metrics):
         if isinstance(m.get("miou"), (int, float)):
             split = str(m.get("evaluated_on", ""))
-            found.append(Result(what, stage, split, float(m["miou"]), dict(m.get("per_class_iou") or {})))
+            per_class = dict(m.get("per_class_iou") or {})
+            found.append(Result(what, stage, split, float(m["miou"]), per_class, _baseline(m)))
     return found
 
 
@@ -48,6 +60,7 @@ def _cam_results(metrics: dict[str, Any]) -> list[Result]:
                     "eval-cams",
                     split,
                     s["oracle_miou"],
+                    baseline=_baseline(s),
                 )
             )
             continue
@@ -58,6 +71,7 @@ def _cam_results(metrics: dict[str, Any]) -> list[Result]:
                 split,
                 float(s["miou_at_chosen"]),
                 dict(s.get("per_class_iou_at_chosen") or {}),
+                _baseline(s),
             )
         )
     return out
@@ -99,11 +113,23 @@ def collect_results(record: dict[str, Any]) -> list[Result]:
 
 
 def format_results_table(results: list[Result]) -> str:
-    """A plain-text table (what | split | mIoU %) for the terminal."""
+    """A plain-text table (what | split | mIoU % | all-background mIoU %) for the terminal."""
     width = max([len(r.what) for r in results] + [10])
-    lines = [f"{'result':{width}s}  {'split':6s}  mIoU %"]
-    lines += [f"{r.what:{width}s}  {r.split:6s}  {100 * r.miou:6.1f}" for r in results]
+    lines = [f"{'result':{width}s}  {'split':6s}  mIoU %  all-bg %"]
+    for r in results:
+        base = "     -" if r.baseline is None else f"{100 * r.baseline:6.1f}"
+        lines.append(f"{r.what:{width}s}  {r.split:6s}  {100 * r.miou:6.1f}    {base}")
     return "\n".join(lines)
+
+
+def baseline_warnings(results: list[Result]) -> list[str]:
+    """One line for every scored output that does not beat predicting background everywhere."""
+    return [
+        f"{r.what} on {r.split}: mIoU {100 * r.miou:.1f} % is not above the all-background baseline "
+        f"({100 * r.baseline:.1f} %, every pixel background); this output is useless as it stands"
+        for r in results
+        if r.below_baseline and r.baseline is not None
+    ]
 
 
 def stage_warnings(record: dict[str, Any]) -> list[tuple[str, str]]:
@@ -143,4 +169,5 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     results = collect_results(record)
     lines = [format_results_table(results)] if results else []
     lines += [format_validation(stage, v) for stage, v in classifier_validations(record)]
+    lines += [f"warning: {line}" for line in baseline_warnings(results)]
     return lines + [f"warning ({stage}): {warning}" for stage, warning in stage_warnings(record)]

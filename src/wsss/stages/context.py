@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from wsss.config import DataConfig, Recipe
+from wsss.config import DataConfig, LabelConfig, Recipe
 from wsss.engine import DistInfo
 from wsss.errors import DataError
 from wsss.registry import DATASETS
@@ -216,3 +216,8 @@ class StageContext:
     def map_splits(self) -> list[str]:
         """The splits whose images get CAMs, labels and pseudo-masks."""
         return list(dict.fromkeys(self.recipe.cams.splits))
+
+    def label_splits(self, labels: LabelConfig | None = None) -> list[str]:
+        """The splits that get pseudo-labels under ``labels`` (default: the recipe's ``labels``)."""
+        chosen = (labels or self.recipe.labels).splits
+        return self.map_splits if chosen is None else list(dict.fromkeys(chosen))

@@ -31,6 +31,24 @@ def _thresholds(ctx: StageContext) -> np.ndarray:
     return np.round(np.arange(start, stop - 1e-9, step), 6)
 
 
+def edge_warning(split: str, oracle: float, thresholds: np.ndarray) -> str | None:
+    """A warning when the best threshold is the first or last of the sweep: the optimum may lie
+    outside it (widen ``evaluate.thresholds``), or at 0 the maps do not separate objects at all."""
+    if len(thresholds) < 3 or thresholds[0] < oracle < thresholds[-1]:
+        return None
+    if oracle <= thresholds[0] and thresholds[0] <= 0:
+        return (
+            f"the best threshold on {split} is {oracle:.2f}, the lowest of the sweep: calling every "
+            "activated pixel an object beats any cut, so these maps do not separate objects from "
+            "background; check the classifier (held-out mAP) and the maps before using their labels"
+        )
+    return (
+        f"the best threshold on {split} is {oracle:.2f}, at the end of the sweep "
+        f"({thresholds[0]:.2f}–{thresholds[-1]:.2f}): the optimum may lie outside it; widen "
+        "evaluate.thresholds"
+    )
+
+
 def is_complete(ctx: StageContext) -> bool:
     return (ctx.paths.eval_dir / "cams.json").is_file()
 
@@ -112,6 +130,10 @@ def evaluate_cams(ctx: StageContext, folder: Path, out_name: str) -> dict[str, A
         values = at_threshold(values, chosen)
         for warning in values["warnings"]:
             ctx.logger.warning("%s (%s): %s", NAME, r.data.seed_eval_split, warning)
+    edge = [edge_warning(split, res["oracle"]["threshold"], thresholds) for split, res in results.items()]
+    edge = [w for w in edge if w]
+    for warning in edge:
+        ctx.logger.warning("%s: %s", NAME, warning)
     summary = {
         "chosen_threshold": chosen,
         "chosen_from": chosen_from,
@@ -121,6 +143,7 @@ def evaluate_cams(ctx: StageContext, folder: Path, out_name: str) -> dict[str, A
                 "oracle_threshold": res["oracle"]["threshold"],
                 "label": res["oracle"]["label"],
                 "miou_at_chosen": res["fixed"]["miou"] if res["fixed"] else None,
+                "all_background_miou": res["oracle"]["all_background_miou"],
                 "per_class_iou_at_chosen": (
                     {c["name"]: c["iou"] for c in res["fixed"]["per_class"]} if res["fixed"] else None
                 ),
@@ -129,7 +152,7 @@ def evaluate_cams(ctx: StageContext, folder: Path, out_name: str) -> dict[str, A
         },
         "not_scored": not_scored,
         "cam_values": values,
-        "warnings": values["warnings"] if values else [],
+        "warnings": [*(values["warnings"] if values else []), *edge],
     }
     write_json(ctx.paths.eval_dir / f"{out_name}.json", {"summary": summary, "details": results})
     return summary

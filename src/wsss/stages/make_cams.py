@@ -23,11 +23,16 @@ Speed on a CPU (``cams.forward_images``, ``cams.fold_bn``, ``cams.channels_last`
 the same up to float rounding): one image and its flip per forward, BatchNorm folded into the
 convolutions and channels-last tensors. Gradient extractors (Grad-CAM, AdvCAM) run the model as
 trained, a whole group per forward.
+
+An image whose maps hold NaN or inf follows ``cams.nonfinite`` (:mod:`wsss.cams.nonfinite`):
+``stop`` raises naming it (the files written stay), ``skip`` leaves its file out and lists it under
+``skipped_nonfinite`` in the metrics.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ from wsss.cams.files import is_complete as cam_file_complete
 from wsss.cams.files import save_cam
 from wsss.cams.inference import NORMALISERS, multiscale_cams, prepare_cam_model
 from wsss.cams.multicrop import multicrop_cams
+from wsss.cams.nonfinite import admit_cam
 from wsss.errors import ConfigError
 from wsss.stages.context import StageContext
 from wsss.stages.scoring import all_written
@@ -57,11 +63,14 @@ def write_cams(
     items: list[dict[str, Any]],
     folder: Path,
     skip: set[str] | frozenset[str] = frozenset(),
-) -> None:
+    class_names: Sequence[str] | None = None,
+) -> list[str]:
     """Multi-scale (or, with ``cams.window``, multi-crop) + flip CAMs of some dataset items,
-    normalised and saved one file each.
+    normalised and saved one file each; return the names left out as non-finite.
 
     All items are computed as one batch; items named in ``skip`` (already written) are not saved.
+    Maps with NaN or inf follow ``cams.nonfinite`` (:mod:`wsss.cams.nonfinite`): ``stop`` raises
+    before the image's file (the group's earlier files stay written), ``skip`` leaves it out.
     """
     cfg = ctx.recipe.cams
     common = dict(
@@ -101,19 +110,21 @@ def write_cams(
             forward_images=forward_images(ctx) if plain else None,
             **common,
         )
+    left_out = []
     for it, cam in zip(items, sums):
         if it["name"] in skip:
             continue
         keys = torch.nonzero(it["labels"] > 0.5).flatten()
         cams = stored_maps(cam, keys, cfg.norm, cam_fn)
-        save_cam(
-            folder / f"{it['name']}.npz",
-            cams=cams.cpu().numpy(),
-            keys=(keys + 1).cpu().numpy(),
-            size=tuple(it["size"]),
-            stride=cfg.stride,
-            norm=cfg.norm,
-        )
+        path, cams, keys = folder / f"{it['name']}.npz", cams.cpu().numpy(), (keys + 1).cpu().numpy()
+        policy = cfg.nonfinite
+        if not admit_cam(
+            path, cams, keys, policy=policy, stage=NAME, logger=ctx.logger, class_names=class_names
+        ):
+            left_out.append(it["name"])
+            continue
+        save_cam(path, cams=cams, keys=keys, size=tuple(it["size"]), stride=cfg.stride, norm=cfg.norm)
+    return left_out
 
 
 def forward_images(ctx: StageContext) -> int | None:
@@ -177,17 +188,22 @@ def run(ctx: StageContext) -> dict[str, Any]:
             batches.append((batch, done))
     todo = sum(len(batch) - len(done) for batch, done in batches)
     t0 = time.time()
+    left_out: list[str] = []
     if batches:
-        num_classes = ctx.dataset(ctx.map_splits[0]).num_classes
-        model = inference_model(ctx, load_trained_classifier(ctx, num_classes).to(ctx.device).eval())
+        first = ctx.dataset(ctx.map_splits[0])
+        model = inference_model(ctx, load_trained_classifier(ctx, first.num_classes).to(ctx.device).eval())
         bar = tqdm(total=todo, desc=NAME, unit="img", disable=not ctx.show_progress)
         for batch, done in batches:
-            write_cams(ctx, model, [ds[i] for ds, i in batch], folder, skip=done)
+            items = [ds[i] for ds, i in batch]
+            left_out += write_cams(ctx, model, items, folder, skip=done, class_names=first.class_names)
             bar.update(len(batch) - len(done))
         bar.close()
     dt = time.time() - t0
-    return {
-        "written": todo,
+    out: dict[str, Any] = {
+        "written": todo - len(left_out),
         "seconds": round(dt, 1),
         "s_per_image": round(dt / todo, 4) if todo else None,
     }
+    if left_out:  # cams.nonfinite: skip
+        out["skipped_nonfinite"] = left_out
+    return out

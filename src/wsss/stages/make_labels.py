@@ -34,7 +34,10 @@ NAME = "make-labels"
 
 
 def is_complete(ctx: StageContext) -> bool:
-    return all_written(ctx, ctx.paths.label_dir, ".png") and (ctx.paths.eval_dir / "labels.json").is_file()
+    return (
+        all_written(ctx, ctx.paths.label_dir, ".png", splits=ctx.label_splits())
+        and (ctx.paths.eval_dir / "labels.json").is_file()
+    )
 
 
 CamTransform = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
@@ -86,7 +89,7 @@ def write_labels(
     cam_transform(cfg)  # its arguments fail here too
     jobs = [
         (cfg, cam_dir / f"{ds.names[i]}.npz", ds.image_path(i), folder / f"{ds.names[i]}.png", ds.num_classes)
-        for ds, i in pending(ctx, folder, ".png")
+        for ds, i in pending(ctx, folder, ".png", splits=ctx.label_splits(labels))
     ]
     done = sum(
         1

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from wsss.cams.files import cam_path, save_cam
 from wsss.cams.files import is_complete as cam_file_complete
 from wsss.cams.inference import multiscale_cams
+from wsss.cams.nonfinite import admit_cam
 from wsss.data.images import read_image
 from wsss.data.palette import read_label_png
 from wsss.engine import barrier
@@ -40,7 +41,7 @@ EPS = 1e-5
 def is_complete(ctx: StageContext) -> bool:
     return (
         all_written(ctx, ctx.paths.uns_cam_dir, ".npz", cam_file_complete)
-        and all_written(ctx, ctx.paths.uns_label_dir, ".png")
+        and all_written(ctx, ctx.paths.uns_label_dir, ".png", splits=ctx.label_splits(ctx.recipe.uns.labels))
         and (ctx.paths.eval_dir / "uns_labels.json").is_file()
     )
 
@@ -93,6 +94,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     r, u = ctx.recipe, uns_config(ctx)
     folder, stride = ctx.paths.uns_cam_dir, r.cams.stride
     todo = pending(ctx, folder, ".npz", cam_file_complete)
+    left_out: list[str] = []
     if todo:
         model = load_trained_uns(ctx, todo[0][0].num_classes).to(ctx.device).eval()
         for ds, i in tqdm(todo, desc=NAME, unit="img", disable=not ctx.show_progress):
@@ -105,9 +107,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
             first = torch.from_numpy(read_label_png(ctx.paths.label_dir / f"{name}.png", expected_size=size))
             # the pixel at each cell's corner: the ⌈H/s⌉×⌈W/s⌉ grid the maps are stored at
             maps = uns_maps(logits, keys, downscale_labels(first, stride, "corner"))
-            save_cam(cam_path(folder, name), maps, keys, size, stride, "minmax")
+            path = cam_path(folder, name)
+            if admit_cam(
+                path,
+                maps,
+                keys,
+                policy=r.cams.nonfinite,
+                stage=NAME,
+                logger=ctx.logger,
+                class_names=ds.class_names,
+            ):
+                save_cam(path, maps, keys, size, stride, "minmax")
+            else:
+                left_out.append(name)
     barrier()
-    out: dict[str, Any] = {"written": len(todo)}
+    out: dict[str, Any] = {"written": len(todo) - len(left_out)}
+    if left_out:  # cams.nonfinite: skip; the labels below then name these images as skipped
+        out["skipped_nonfinite"] = left_out
     if ctx.dist.is_main:
         out["seeds"] = evaluate_cams(ctx, folder, "uns_cams")
     out["labels"] = write_labels(

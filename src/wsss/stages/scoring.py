@@ -50,6 +50,7 @@ def score_label_folder(
             )
             summary = {
                 "miou": scores["miou"],
+                "all_background_miou": scores["all_background_miou"],
                 "evaluated_on": split,
                 "per_class_iou": {c["name"]: c["iou"] for c in scores["per_class"]},
             }
@@ -62,14 +63,17 @@ def _exists(path: Path) -> bool:
 
 
 def pending(
-    ctx: StageContext, folder: Path, suffix: str, done: Callable[[Path], bool] = _exists
+    ctx: StageContext,
+    folder: Path,
+    suffix: str,
+    done: Callable[[Path], bool] = _exists,
+    splits: list[str] | None = None,
 ) -> list[tuple[Any, int]]:
-    """(dataset, index) of this process's images of the map splits whose output is not ``done``.
-
-    An image listed in several map splits (VOC train ⊂ train_aug) is handled once.
+    """(dataset, index) of this process's images of ``splits`` (default: the map splits) whose
+    output is not ``done``. An image listed in several splits (VOC train ⊂ train_aug) is handled once.
     """
     todo, seen = [], set()
-    for split in ctx.map_splits:
+    for split in ctx.map_splits if splits is None else splits:
         ds = ctx.dataset(split)
         for i in ctx.my_indices(len(ds)):
             name = ds.names[i]
@@ -79,6 +83,13 @@ def pending(
     return todo
 
 
-def all_written(ctx: StageContext, folder: Path, suffix: str, done: Callable[[Path], bool] = _exists) -> bool:
-    """Whether every image of every map split has its output in ``folder``."""
-    return all(done(folder / f"{n}{suffix}") for split in ctx.map_splits for n in ctx.dataset(split).names)
+def all_written(
+    ctx: StageContext,
+    folder: Path,
+    suffix: str,
+    done: Callable[[Path], bool] = _exists,
+    splits: list[str] | None = None,
+) -> bool:
+    """Whether every image of ``splits`` (default: every map split) has its output in ``folder``."""
+    wanted = ctx.map_splits if splits is None else splits
+    return all(done(folder / f"{n}{suffix}") for split in wanted for n in ctx.dataset(split).names)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from wsss.cams.inference import normalise_image
+from wsss.config.schema import SegConfig
 from wsss.data.pseudo import PseudoLabelDataset
 from wsss.data.transforms import train_transform
 from wsss.engine import export_weights, load_weights, seed_everything
@@ -49,6 +50,19 @@ def build_seg_model(ctx: StageContext, num_classes: int, *, pretrained: bool = T
         init=s.init if pretrained else "imagenet",
         **s.model_args,
     )
+
+
+FROM_SCRATCH = (
+    "the segmentation backbone starts from random weights (segmentation.pretrained is null): on a few "
+    "hundred images it will learn little; set segmentation.pretrained to an ImageNet file (or 'offline' "
+    "for MobileNetV2) or segmentation.init to a segmentation checkpoint"
+)
+
+
+def from_scratch(s: SegConfig) -> bool:
+    """Whether the segmentation network gets no pretrained weights at all (a user adding train-seg
+    to a recipe without a segmentation section gets this silently otherwise)."""
+    return s.pretrained is None and s.init == "imagenet"
 
 
 def load_trained_seg(ctx: StageContext, num_classes: int, weights: Path | None = None) -> nn.Module:
@@ -154,6 +168,8 @@ def train_segmentation(
     else:
         ds = PseudoLabelDataset(ctx.dataset(r.data.train_split), source, transform)
     model = build_seg_model(ctx, ds.num_classes).to(ctx.device)
+    if from_scratch(s):
+        ctx.logger.warning("%s: %s", name, FROM_SCRATCH)
     loss_fn = loss.build(s.compat or r.compat)
     aux_weight = float(getattr(model, "aux_weight", 0.0) or 0.0)
     # A loss that compares the two heads (SPU's uncertainty_rectified) takes the auxiliary logits
@@ -191,6 +207,8 @@ def train_segmentation(
     metrics["labels"] = "ground truth" if source is None else str(source)
     metrics["init"] = getattr(model, "init_source", s.init)
     metrics["loss"] = loss.name
+    if from_scratch(s):  # in the summary and the report, not only in the log
+        metrics["warnings"] = [FROM_SCRATCH]
     if ctx.dist.is_main:
         export_weights(
             weights_path,

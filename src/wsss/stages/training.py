@@ -5,11 +5,18 @@ scheduler, scaler, epoch, step and RNG state; a rerun continues from the last fi
 and ends with the same weights as an uninterrupted run. Shuffling depends only on (seed,
 epoch), so the data order after a resume is the one the uninterrupted run would have seen.
 Works single-process or under ``torchrun`` (DistributedSampler, DDP), with optional AMP.
+
+A loss term or gradient that is NaN or infinite never reaches the weights: ``cfg.nonfinite``
+(:mod:`wsss.stages.nonfinite`) either stops with an error naming the step and its images or skips
+that optimizer step. A skipped step still counts as a step and advances the lr schedule, as a step
+fp16 AMP's GradScaler skips does, so the schedule and the checkpoints' step counts stay those of
+the batches seen; only the weights, optimizer state and scaler are left as they were.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,7 @@ from tqdm import tqdm
 from wsss.config.schema import TrainerConfig
 from wsss.engine import (
     ScalarWriter,
+    all_reduce_sum,
     autocast,
     barrier,
     epoch_generator,
@@ -34,6 +42,16 @@ from wsss.engine import (
     wrap_ddp,
 )
 from wsss.stages.context import StageContext
+from wsss.stages.nonfinite import (
+    SkipBudget,
+    Where,
+    batch_names,
+    nonfinite_error,
+    nonfinite_grads,
+    nonfinite_terms,
+    section_of,
+    shorten,
+)
 
 StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
 """(network, batch) → losses dict with a ``loss`` entry to back-propagate."""
@@ -127,14 +145,16 @@ def train_loop(
     ``on_epoch_end(epoch)`` runs on the main process after each epoch's checkpoint is written
     (e.g. validation), while the other processes wait. ``ddp_static_graph``: the step uses some
     parameters in more than one forward (multi-view objectives), which DDP allows only with a
-    static graph.
+    static graph. ``skipped_steps`` in the result counts the steps ``nonfinite: skip`` dropped.
+    Raises :class:`~wsss.errors.NumericalError` on a non-finite loss or gradient under
+    ``nonfinite: stop``, or past the skip bound.
     """
     device, dist = ctx.device, ctx.dist
     drop_last = len(dataset) >= cfg.batch_size
     per_epoch = len(dataset) // cfg.batch_size if drop_last else 1
     optimizer, scheduler = build_optimizer(model, cfg, per_epoch * cfg.epochs, ctx.recipe.compat)
     scaler = make_grad_scaler(device, cfg.amp)
-    start_epoch, step = 0, 0
+    start_epoch, step, skipped = 0, 0, 0
     if state_path.is_file():
         meta = load_training_state(
             state_path,
@@ -145,39 +165,71 @@ def train_loop(
             map_location=device,
         )
         start_epoch, step = int(meta["epoch"]), int(meta["step"])
+        skipped = int(meta["extra"].get("skipped_steps", 0))
         ctx.logger.info("%s: resuming from %s at epoch %d", name, state_path, start_epoch)
     net = wrap_ddp(model, dist, sync_bn=cfg.sync_bn and dist.world_size > 1, static_graph=ddp_static_graph)
     writer = ScalarWriter(ctx.run_dir)
     nhwc = uses_channels_last(cfg, device)
     t0, seen = time.time(), 0
     last: dict[str, float] = {}
+    section = section_of(ctx, cfg)
+    check_grads = not scaler.is_enabled()  # fp16 AMP: the GradScaler skips non-finite gradients itself
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
         loader = _loader(dataset, cfg, ctx, epoch, drop_last)
+        budget = SkipBudget(len(loader), total=skipped)
         sums: dict[str, float] = {}
+        good = 0
         bar = tqdm(
             loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", disable=not ctx.show_progress, leave=False
         )
-        for batch in bar:
+        for index, batch in enumerate(bar, 1):
             batch = batch_layout(batch, nhwc)
             with autocast(device, cfg.amp):
                 losses = step_fn(net, batch)
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            bad = nonfinite_terms(values)
+            what = f"loss terms not finite: {', '.join(bad)}" if bad else ""
+            if dist.world_size > 1:  # every process skips (or stops) together, or DDP would hang
+                flag = all_reduce_sum(torch.tensor([float(bool(bad))], device=device))
+                if float(flag) > 0 and not bad:
+                    what = "a loss term on another process is not finite"
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
+            if not what:
+                scaler.scale(losses["loss"]).backward()
+                bad_grads = nonfinite_grads(model) if check_grads else []
+                if bad_grads:
+                    what = f"gradients not finite (loss finite) for {shorten(bad_grads)}"
+                    optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += cfg.batch_size
+            if what:
+                where = Where(name, epoch, cfg.epochs, step, index, len(loader), batch_names(batch))
+                if cfg.nonfinite == "stop":
+                    raise nonfinite_error(where, what, state_path, section, cfg)
+                exceeded = budget.skip()
+                skipped = budget.total
+                if exceeded is not None:
+                    raise nonfinite_error(where, what, state_path, section, cfg, reason=exceeded)
+                ctx.logger.warning("%s: %s; optimizer step skipped (nonfinite: skip)", where, what)
+                if scheduler is not None:
+                    with warnings.catch_warnings():  # "scheduler before optimizer": meant, on a first step
+                        warnings.simplefilter("ignore", UserWarning)
+                        scheduler.step()
+                continue
             scaler.step(optimizer)
             scaler.update()
             if scheduler is not None:
                 scheduler.step()
-            step += 1
-            seen += cfg.batch_size
-            values = {k: float(v.detach()) for k, v in losses.items()}
+            budget.good_step()
+            good += 1
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             if step % cfg.log_every == 0:
                 writer.add_scalars({f"{name}/{k}": v for k, v in values.items()}, step)
                 writer.add_scalar(f"{name}/lr", optimizer.param_groups[0]["lr"], step)
             bar.set_postfix(loss=f"{values['loss']:.3f}")
-        last = {k: v / max(1, len(loader)) for k, v in sums.items()}
+        last = {k: v / max(1, good) for k, v in sums.items()}
         ctx.logger.info(
             "%s epoch %d/%d: %s",
             name,
@@ -194,6 +246,7 @@ def train_loop(
                 scheduler=scheduler,
                 epoch=epoch + 1,
                 step=step,
+                extra={"skipped_steps": skipped},
             )
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
@@ -203,6 +256,7 @@ def train_loop(
     return {
         "epochs": cfg.epochs,
         "steps": step,
+        "skipped_steps": skipped,
         "final_losses": last,
         "seconds": round(elapsed, 1),
         "images_per_s": round(seen / elapsed, 1) if elapsed > 0 and seen else None,
