@@ -58,6 +58,9 @@ COLUMNS: list[tuple[str, str, tuple[str, ...]]] = [
     ("seeds, train, recipe's fixed thr.", "eval-cams", ("splits", "train", "miou_at_chosen")),
     ("seeds, val, thr. from train", "eval-cams", ("splits", "val", "miou_at_chosen")),
     ("pseudo-labels, train", "make-labels", ("miou",)),
+    # SPU: the UNS network's maps as seeds, and their labels (what the affinity net then reads)
+    ("UNS seeds, train, oracle", "make-uns-cams", ("seeds", "splits", "train", "oracle_miou")),
+    ("UNS labels, train", "make-uns-cams", ("labels", "miou")),
     ("random walk, train", "random-walk", ("miou",)),
     ("segmentation, val", "predict", ("val", "miou")),
     ("cyclic round, val", "cycle-seg", ("val", "miou")),
