@@ -383,6 +383,22 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 SPLIT_CHOICES = ("labels.splits", "uns.labels.splits", "predict.splits")
+# A recipe section and the run-directory folders of the stages that read it. While none of them exists,
+# the section has shaped nothing in that directory, so a change to it (a newer recipe version, or
+# settings for a stage added later) is not "another recipe".
+SECTION_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("pretrain-cls",),
+    "uns": ("train-uns", "uns-cams", "uns-labels"),
+    "affinity": ("train-affinity", "pseudo"),
+    "random_walk": ("pseudo",),
+    "segmentation": ("train-seg", "predictions", "cycle"),
+    "predict": ("predictions", "cycle"),
+}
+
+
+def unused_sections(run_dir: Path) -> set[str]:
+    """The sections of SECTION_OUTPUTS that no stage has used in ``run_dir`` yet."""
+    return {name for name, dirs in SECTION_OUTPUTS.items() if not any((run_dir / d).exists() for d in dirs)}
 
 
 def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
@@ -398,10 +414,14 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     # keys only one side has come from a schema change between versions: not a different recipe
     # the non-finite policy (``*.nonfinite``) says what to do with a bad step, not what a good one
     # computes: switching to ``skip`` after a ``stop`` must resume from the kept checkpoint
+    unused = unused_sections(run_dir)
     diff = sorted(
         k
         for k in set(old) & set(new)
-        if k not in ignore and not k.endswith(".nonfinite") and old[k] != new[k]
+        if k not in ignore
+        and not k.endswith(".nonfinite")
+        and k.split(".")[0] not in unused
+        and old[k] != new[k]
     )
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])

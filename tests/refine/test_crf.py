@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.errors import ConfigError
+from wsss.errors import ConfigError, DataError
 from wsss.refine import crf as crf_mod
 from wsss.refine.crf import (
     CRF_PRESETS,
@@ -324,6 +324,20 @@ def test_parallel_map_with_processes_keeps_order_and_names_failures() -> None:
     with pytest.raises(ParallelMapError, match=r"sqrt: item #12 -3\.0 failed: ValueError") as info:
         next(results)
     assert info.value.index == 12 and isinstance(info.value.__cause__, ValueError)
+
+
+def _refuse_negative(x: float) -> float:
+    """A pool task that fails the way input checks do: with a WsssError naming the item."""
+    if x < 0:
+        raise DataError(f"item {x} is negative; give a number >= 0")
+    return x
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_parallel_map_passes_a_wsss_error_on_unwrapped(workers: int) -> None:
+    """An input error raised in a worker reaches the CLI as itself (one 'error:' line), not wrapped."""
+    with pytest.raises(DataError, match=r"^item -2\.0 is negative; give a number >= 0$"):
+        list(parallel_map(_refuse_negative, [1.0, -2.0, 3.0], workers=workers, progress=False))
 
 
 def test_gaussian_message_banded_equals_convolution() -> None:

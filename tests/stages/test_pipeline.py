@@ -90,6 +90,12 @@ def test_changed_recipe_is_refused(synth_root: Path, tmp_path: Path) -> None:
         "predict.splits=[train]",
     )
     assert run_pipeline(same, run, device="cpu")["stages"]["train-cls"]
+    # settings of stages that never ran here (no train-seg/, predictions/ …) are not "another recipe"
+    later = ["stages=[train-cls]", "classifier.epochs=1", "segmentation.lr=0.05", "predict.flip=false"]
+    assert run_pipeline(_recipe(synth_root, *later), run, device="cpu")["stages"]["train-cls"]
+    (run / "train-seg").mkdir()  # ... until one of them has started
+    with pytest.raises(ConfigError, match=r"segmentation\.lr"):
+        run_pipeline(_recipe(synth_root, *later[:2], "segmentation.lr=0.2"), run, device="cpu")
 
 
 def test_resume_reproduces_uninterrupted_weights(synth_root: Path, tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
+from wsss.errors import WsssError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -67,6 +69,8 @@ def _serial(fn: Callable[[T], R], items: list[T], desc: str, bar: tqdm) -> Itera
     for index, item in enumerate(items):
         try:
             result = fn(item)
+        except WsssError:
+            raise  # already names the file and what to do: the CLI prints it as one line
         except Exception as exc:
             raise _failure(desc, item, index, exc) from exc
         bar.update(1)
@@ -89,6 +93,8 @@ def _pooled(fn: Callable[[T], R], items: list[T], workers: int, desc: str, bar: 
                 index, future = pending.popleft()
                 try:
                     result = future.result()
+                except WsssError:
+                    raise  # the worker's own message, as if it had run in this process
                 except Exception as exc:
                     raise _failure(desc, items[index], index, exc) from exc
                 for next_index, next_item in upcoming:
