@@ -90,6 +90,18 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return parse_shard(text)
 
 
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    """``--no-progress`` (``args.progress``: False, or None to follow the terminal)."""
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const=False,
+        default=None,
+        help="no progress bars (they are off anyway when stderr is not a terminal, e.g. in a log file)",
+    )
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, out_required: bool, shard: bool) -> None:
     p.add_argument("recipe", help="shipped recipe name (see 'wsss recipes') or a YAML file")
     p.add_argument(
@@ -102,14 +114,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, out_required: bool, shard: b
     )
     p.add_argument("--out", required=out_required, type=Path, help="run directory")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the recipe's)")
-    p.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_const",
-        const=False,
-        default=None,
-        help="no progress bars (they are off anyway when stderr is not a terminal, e.g. in a log file)",
-    )
+    add_progress_option(p)
     if shard:
         p.add_argument(
             "--shard",
@@ -234,14 +239,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a value of the demo recipe",
     )
-    p.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_const",
-        const=False,
-        default=None,
-        help="no progress bars (they are off anyway when stderr is not a terminal, e.g. in a log file)",
-    )
+    add_progress_option(p)
     p.set_defaults(func=cmd_demo, resumable=True)
 
     p = sub.add_parser(
