@@ -47,13 +47,22 @@ def test_an_oracle_threshold_on_the_edge_of_the_sweep_is_flagged() -> None:
 
     from wsss.stages.eval_cams import edge_warning
 
-    sweep = np.round(np.arange(0.0, 0.96 - 1e-9, 0.01), 6)  # 0.00 … 0.95
-    assert edge_warning("train", 0.40, sweep) is None
-    assert edge_warning("train", 0.01, sweep) is None
-    at_zero = edge_warning("train", 0.0, sweep)
-    assert at_zero is not None and "do not separate objects from background" in at_zero
-    at_top = edge_warning("val", 0.95, sweep)
-    assert at_top is not None and "widen evaluate.thresholds" in at_top and "0.00–0.95" in at_top
-    narrow = np.round(np.arange(0.2, 0.5 - 1e-9, 0.05), 6)
-    low = edge_warning("train", 0.2, narrow)
-    assert low is not None and "widen evaluate.thresholds" in low
+    sweep = [float(t) for t in np.round(np.arange(0.0, 0.96 - 1e-9, 0.01), 6)]  # 0.00 … 0.95
+
+    def curve(peak: float) -> list[float]:  # a single-peaked mIoU curve with its maximum at ``peak``
+        return [1.0 - abs(t - peak) for t in sweep]
+
+    assert edge_warning("train", sweep, curve(0.40)) is None
+    assert edge_warning("train", sweep, curve(0.01)) is None
+    at_zero = edge_warning("train", sweep, curve(0.0))
+    assert at_zero is not None and "0.00, the lowest" in at_zero and "do not separate objects" in at_zero
+    at_top = edge_warning("val", sweep, curve(0.95))
+    assert at_top is not None and "0.95, at the end" in at_top and "0.00–0.95" in at_top
+    assert "widen evaluate.thresholds" in at_top
+    # perfect maps score the same at every threshold: the first one is best, but not on an edge
+    assert edge_warning("train", sweep, [1.0] * len(sweep)) is None
+    # unscorable thresholds (None) are left out; the edge is the last one that scored
+    partial = [*curve(0.5)[:50], *([None] * (len(sweep) - 50))]
+    partial[49] = 2.0
+    low = edge_warning("train", sweep, partial)
+    assert low is not None and "0.49, at the end of the sweep (0.00–0.49)" in low

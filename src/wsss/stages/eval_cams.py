@@ -31,12 +31,20 @@ def _thresholds(ctx: StageContext) -> np.ndarray:
     return np.round(np.arange(start, stop - 1e-9, step), 6)
 
 
-def edge_warning(split: str, oracle: float, thresholds: np.ndarray) -> str | None:
-    """A warning when the best threshold is the first or last of the sweep: the optimum may lie
-    outside it (widen ``evaluate.thresholds``), or at 0 the maps do not separate objects at all."""
-    if len(thresholds) < 3 or thresholds[0] < oracle < thresholds[-1]:
+def edge_warning(split: str, thresholds: list[float], mious: list[float | None]) -> str | None:
+    """A warning when the sweep's best mIoU is reached only at its first or last threshold: the
+    optimum may lie outside the sweep (widen ``evaluate.thresholds``), or, at 0, the maps do not
+    separate objects at all. A best value that an inner threshold also reaches is not on the edge."""
+    scored = [(t, v) for t, v in zip(thresholds, mious, strict=True) if v is not None]
+    if len(scored) < 3:
         return None
-    if oracle <= thresholds[0] and thresholds[0] <= 0:
+    best = max(v for _, v in scored)
+    at_best = [t for t, v in scored if v >= best - 1e-12]
+    inner = [t for t, _ in scored[1:-1]]
+    if any(t in inner for t in at_best):
+        return None
+    oracle = at_best[0]
+    if oracle <= scored[0][0] and scored[0][0] <= 0:
         return (
             f"the best threshold on {split} is {oracle:.2f}, the lowest of the sweep: calling every "
             "activated pixel an object beats any cut, so these maps do not separate objects from "
@@ -44,7 +52,7 @@ def edge_warning(split: str, oracle: float, thresholds: np.ndarray) -> str | Non
         )
     return (
         f"the best threshold on {split} is {oracle:.2f}, at the end of the sweep "
-        f"({thresholds[0]:.2f}–{thresholds[-1]:.2f}): the optimum may lie outside it; widen "
+        f"({scored[0][0]:.2f}–{scored[-1][0]:.2f}): the optimum may lie outside it; widen "
         "evaluate.thresholds"
     )
 
@@ -130,7 +138,10 @@ def evaluate_cams(ctx: StageContext, folder: Path, out_name: str) -> dict[str, A
         values = at_threshold(values, chosen)
         for warning in values["warnings"]:
             ctx.logger.warning("%s (%s): %s", NAME, r.data.seed_eval_split, warning)
-    edge = [edge_warning(split, res["oracle"]["threshold"], thresholds) for split, res in results.items()]
+    edge = [
+        edge_warning(split, res["sweep"]["thresholds"], res["sweep"]["miou"])
+        for split, res in results.items()
+    ]
     edge = [w for w in edge if w]
     for warning in edge:
         ctx.logger.warning("%s: %s", NAME, warning)
