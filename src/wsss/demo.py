@@ -10,7 +10,6 @@ reports and writes ``report.html``.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from wsss.engine import setup_run_logging
 from wsss.files import write_json
 from wsss.pipeline import run_pipeline
 from wsss.report import REPORT_NAME, summary_lines, write_report
+from wsss.stages.context import progress_wanted
 from wsss.threads import wait_policy
 
 DEMO_RECIPE = "synth/demo"
@@ -86,8 +86,7 @@ def run_demo(
     ]
     recipe = load_recipe(DEMO_RECIPE, all_overrides)
     setup_run_logging(out, "pipeline").info(thread_use(recipe))  # the run's log keeps it too
-    bars = progress if progress is not None else sys.stderr.isatty()  # as the stages decide
-    generate_synth(data_root, seed=0, progress=bars, **(QUICK if quick else {}))
+    generate_synth(data_root, seed=0, progress=progress_wanted(progress), **(QUICK if quick else {}))
     record = run_pipeline(recipe, out, device=device, progress=progress)
     if with_upper_bound:
         record["stages"]["upper-bound"] = run_upper_bound(out, all_overrides, device, progress)

@@ -61,13 +61,12 @@ def process_alive(pid: int, start_ticks: int | None = None) -> bool:
     if os.name == "nt":  # os.kill(pid, 0) would end the process there: assume it runs
         return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: it exists, owned by another user (alive so far)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by another user
-        pass
-    except OSError:
-        return False
+    except OSError as exc:
+        if not isinstance(exc, PermissionError):
+            return False
     if _is_zombie(pid):
         return False
     if start_ticks is not None:

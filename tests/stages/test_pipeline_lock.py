@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,15 +43,6 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     generate_synth(root, num_train=8, num_val=4, size=64, seed=3, progress=False)
     return root
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen]:
-    """A live process other than this one, to hold locks and temporary files."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def _recipe(root: Path, stages: str):

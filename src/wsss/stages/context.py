@@ -17,6 +17,11 @@ from wsss.errors import DataError
 from wsss.registry import DATASETS
 
 
+def progress_wanted(progress: bool | None) -> bool:
+    """Progress bars on / off as asked; None: only when stderr is a terminal (a log file gets none)."""
+    return progress if progress is not None else sys.stderr.isatty()
+
+
 def build_dataset(data: DataConfig, split: str, *, root: str | None = None, **kwargs: Any):
     """The recipe's dataset for ``split`` (``root`` overrides ``data.root``); extra keywords
     (``transform``, ``with_masks``…) go to the registered builder."""
@@ -163,8 +168,7 @@ class StageContext:
     @property
     def show_progress(self) -> bool:
         """Whether this process draws progress bars: the main process, when asked or on a terminal."""
-        wanted = self.progress if self.progress is not None else sys.stderr.isatty()
-        return self.dist.is_main and wanted
+        return self.dist.is_main and progress_wanted(self.progress)
 
     def my_indices(self, n: int) -> list[int]:
         """Indices of the n items this process handles (sharded map stages)."""
