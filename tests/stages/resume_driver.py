@@ -54,9 +54,9 @@ def slow_steps(loop: Callable[..., Any], delay: float) -> Callable[..., Any]:
     """``train_loop`` whose ``step_fn`` pauses before every optimizer step."""
 
     def wrapped(*args: Any, step_fn: Callable[..., Any], **kwargs: Any) -> Any:
-        def slow_step(net: Any, batch: Any) -> Any:
+        def slow_step(net: Any, batch: Any, progress: Any) -> Any:
             time.sleep(delay)
-            return step_fn(net, batch)
+            return step_fn(net, batch, progress)
 
         return loop(*args, step_fn=slow_step, **kwargs)
 

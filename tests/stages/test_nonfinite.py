@@ -67,7 +67,7 @@ def _step(bad_loss: set[int] = frozenset(), bad_grad: set[int] = frozenset()):
     (d sqrt|z| at z = 0) at the calls in ``bad_grad``; ``mse`` stays finite throughout."""
     calls = [0]
 
-    def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def step(net: nn.Module, batch: dict[str, Any], _: Any) -> dict[str, torch.Tensor]:
         calls[0] += 1
         out = net(batch)
         mse = nn.functional.mse_loss(out, batch["y"])
@@ -249,7 +249,7 @@ def _ddp_train(rank: int, policy: str, run: Path) -> dict[str, Any]:
     model = nn.Linear(3, 1)
     calls = [0]
 
-    def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def step(net: nn.Module, batch: dict[str, Any], _: Any) -> dict[str, torch.Tensor]:
         calls[0] += 1
         loss = nn.functional.mse_loss(net(batch["x"]), batch["y"])
         return {"loss": loss * float("nan") if (rank, calls[0]) == (1, 2) else loss}

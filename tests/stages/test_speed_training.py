@@ -108,7 +108,9 @@ def test_the_loop_hands_the_step_channels_last_images(synth_root: Path, tmp_path
         ctx = cpu_context(recipe, tmp_path / str(setting))
         model = nn.Conv2d(3, 2, 1)
 
-        def step(net: nn.Module, batch: dict[str, Any], setting: Any = setting) -> dict[str, torch.Tensor]:
+        def step(
+            net: nn.Module, batch: dict[str, Any], _: Any, setting: Any = setting
+        ) -> dict[str, torch.Tensor]:
             seen[setting].append(batch["image"].is_contiguous(memory_format=CL))
             return {"loss": net(batch["image"]).mean()}
 
@@ -142,7 +144,7 @@ def test_training_with_channels_last_ends_with_the_same_weights(synth_root: Path
         ctx = cpu_context(recipe, tmp_path / str(setting))
         model = _model(torch.float64, classes)
 
-        def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        def step(net: nn.Module, batch: dict[str, Any], _: Any) -> dict[str, torch.Tensor]:
             x = batch["image"].to(torch.float64)  # keeps the memory format
             return method.step(net, x, batch["labels"].to(torch.float64))
 

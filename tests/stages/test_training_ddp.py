@@ -41,7 +41,7 @@ def _train(run_dir: Path) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
 
-    def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    def step(net: nn.Module, batch: dict, _: object) -> dict[str, torch.Tensor]:
         return {"loss": nn.functional.mse_loss(net(batch["x"]), batch["y"])}
 
     train_loop(

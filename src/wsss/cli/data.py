@@ -49,6 +49,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_coco)
 
     p = sub.add_parser(
+        "acdc",
+        help="convert ACDC cardiac MRI NIfTI volumes to per-slice PNGs, split lists and tags",
+        description=(
+            "Write every ground-truth frame of an ACDC download as 2-D slice PNGs in the VOC layout that "
+            "the 'acdc' dataset reads (needs nibabel: pip install wsss[acdc]). Splits are by patient."
+        ),
+    )
+    p.add_argument(
+        "--src", type=Path, required=True, metavar="DIR", help="ACDC folder (database/ or training/)"
+    )
+    p.add_argument("--root", type=Path, required=True, metavar="DIR", help="output dataset root")
+    p.add_argument("--size", type=int, metavar="PX", help="resize slices to PX x PX (default: keep)")
+    p.add_argument(
+        "--val-every",
+        type=int,
+        default=5,
+        metavar="N",
+        help="every N-th patient number is val (default 5; 0: no val split)",
+    )
+    p.add_argument(
+        "--val-patients",
+        nargs="+",
+        metavar="ID",
+        help="the val patients (e.g. patient005); overrides --val-every",
+    )
+    p.add_argument("--skip-empty", action="store_true", help="leave out slices with no RV, Myo or LV pixel")
+    p.add_argument("--overwrite", action="store_true", help="rewrite slices that already exist")
+    p.set_defaults(func=_run_acdc)
+
+    p = sub.add_parser(
         "tags", help="write image-level labels (from masks, XML or tags) as a pickle-free .npz"
     )
     _add_dataset_args(p)
@@ -111,7 +141,7 @@ def _converter_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="voc", metavar="NAME", help="dataset type: voc, synth, coco, folder")
+    p.add_argument("--dataset", default="voc", metavar="NAME", help="dataset type: voc, synth, coco, folder, acdc")
     p.add_argument("--root", type=Path, required=True, metavar="DIR", help="dataset root")
     p.add_argument(
         "--split", default=None, metavar="NAME", help="split name or list file (default per dataset)"
@@ -165,6 +195,23 @@ def _run_coco(args: argparse.Namespace) -> int:
     from wsss.data.coco import convert_coco
 
     _print_json(convert_coco(args.annotations, args.root, subset=args.subset, **_converter_options(args)))
+    return 0
+
+
+def _run_acdc(args: argparse.Namespace) -> int:
+    from wsss.data.acdc import export_acdc_slices
+
+    summary = export_acdc_slices(
+        args.src,
+        args.root,
+        size=args.size,
+        val_every=args.val_every or None,
+        val_patients=args.val_patients,
+        skip_empty=args.skip_empty,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    _print_json(summary)
     return 0
 
 

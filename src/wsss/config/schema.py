@@ -38,7 +38,11 @@ class TrainerConfig:
     epochs: int = 22
     batch_size: int = 8
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    schedule: Literal["constant", "poly"] = "constant"  # poly: lr·(1 − step/total)^0.9 per step
+    # poly: lr·(1 − step/total)^0.9 per step; warmup_poly: the same after a linear warm-up from
+    # warmup_ratio·lr over warmup_steps steps (ToCo/UniA's PolyWarmupAdamW)
+    schedule: Literal["constant", "poly", "warmup_poly"] = "constant"
+    warmup_steps: int = 0
+    warmup_ratio: float = 1.0e-6
     lr: float = 5.0e-5
     weight_decay: float = 5.0e-4
     momentum: float = 0.9  # SGD only; compat: authors_code puts weight_decay here (legacy PolyOptimizer)
@@ -82,7 +86,11 @@ class ClassifierConfig(TrainerConfig):
     # relabelled from the rough masks in ``heat_masks`` (a label folder of a phase-A run, 255 = unsure):
     # class k stays when the crop holds > ``heat_keep`` of its confident pixels, or they fill > ``heat_keep``
     # of the crop.
-    crops: Literal["random", "heat"] = "random"
+    # ``random_resized``: torchvision's RandomResizedCrop to crop_size over ``crop_scale`` of the image's
+    # area, bicubic (ToCo/UniA: 0.32-1), instead of resize-long + crop.
+    crops: Literal["random", "heat", "random_resized"] = "random"
+    crop_scale: tuple[float, float] = (0.32, 1.0)
+    color_jitter_p: float = 1.0  # share of images that get the colour jitter (UniA: 0.5)
     heat_masks: str | None = None
     heat_scales: list[float] = field(
         default_factory=lambda: [0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0]
@@ -193,7 +201,7 @@ class UNSConfig(TrainerConfig):
     epochs: int = 10
     batch_size: int = 16
     optimizer: Literal["adamw", "adam", "sgd"] = "adam"
-    schedule: Literal["constant", "poly"] = "constant"
+    schedule: Literal["constant", "poly", "warmup_poly"] = "constant"
     lr: float = 5.0e-6
     weight_decay: float = 1.0e-4
     head_lr_mult: float = 20.0  # new layers at 1e-4
@@ -226,7 +234,7 @@ class AffinityConfig(TrainerConfig):
     epochs: int = 8
     batch_size: int = 8
     optimizer: Literal["adamw", "adam", "sgd"] = "sgd"
-    schedule: Literal["constant", "poly"] = "poly"
+    schedule: Literal["constant", "poly", "warmup_poly"] = "poly"
     lr: float = 0.01
     weight_decay: float = 5.0e-4
     head_lr_mult: float = 10.0
@@ -282,7 +290,7 @@ class SegConfig(TrainerConfig):
     epochs: int = 19
     batch_size: int = 10
     optimizer: Literal["adamw", "adam", "sgd"] = "sgd"
-    schedule: Literal["constant", "poly"] = "poly"
+    schedule: Literal["constant", "poly", "warmup_poly"] = "poly"
     lr: float = 1.0e-3
     weight_decay: float = 5.0e-4
     head_lr_mult: float = 10.0
@@ -300,6 +308,9 @@ class SegConfig(TrainerConfig):
 class PredictConfig:
     """Stage ``predict``: multi-scale + flip inference (+ CRF) and scoring on the val split."""
 
+    # which trained network predicts: ``segmentation`` (train-seg's model) or ``classifier`` (train-cls's
+    # model through its segmentation head: single-stage methods such as UniA, which have no train-seg)
+    model: Literal["segmentation", "classifier"] = "segmentation"
     protocol: str | None = None  # a named paper protocol (transcam, pmm, unia) instead of the fields below
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
@@ -391,6 +402,8 @@ VALUE_RULES: dict[str, Rule] = {
     "head_lr_mult": (_POSITIVE, "> 0"),
     "num_workers": (_NON_NEGATIVE, ">= 0"),
     "log_every": (_AT_LEAST_1, ">= 1"),
+    "warmup_steps": (_NON_NEGATIVE, ">= 0"),
+    "warmup_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "crop_size": (_AT_LEAST_1, ">= 1"),
     "resize_long": (_range(_AT_LEAST_1), "[low, high] with 1 <= low <= high"),
     "scale": (_range(_POSITIVE), "[low, high] with 0 < low <= high"),
@@ -402,6 +415,8 @@ VALUE_RULES: dict[str, Rule] = {
     "heat_scales": (_each(_POSITIVE, nonempty=True), "a non-empty list of numbers > 0"),
     "heat_stride": (_AT_LEAST_1, ">= 1"),
     "heat_keep": (_UNIT, "in [0, 1]"),
+    "crop_scale": (lambda v: 0 < v[0] <= v[1] <= 1, "[low, high] with 0 < low <= high <= 1"),
+    "color_jitter_p": (_UNIT, "in [0, 1]"),
     "holdout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "validate_every": (_NON_NEGATIVE, ">= 0"),
     "validation_size": (_AT_LEAST_1, ">= 1 (or null)"),

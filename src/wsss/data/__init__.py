@@ -1,12 +1,12 @@
 """Datasets, image-level labels, transforms and converters.
 
-Importing this package registers the datasets (``voc``, ``synth``, ``coco``, ``folder``) in
+Importing this package registers the datasets (``voc``, ``synth``, ``coco``, ``folder``, ``acdc``) in
 ``wsss.registry.DATASETS``; build one with ``DATASETS.build(name, root=..., split=...)``.
 """
 
 from __future__ import annotations
 
-from wsss.data import coco, folder, voc
+from wsss.data import acdc, coco, folder, voc
 from wsss.data.base import TaggedImageDataset
 
 try:  # the synthetic-data generator is an optional module of this package
@@ -16,4 +16,4 @@ except ModuleNotFoundError as exc:
         raise
     synth = None
 
-__all__ = ["TaggedImageDataset", "coco", "folder", "synth", "voc"]
+__all__ = ["TaggedImageDataset", "acdc", "coco", "folder", "synth", "voc"]

@@ -20,6 +20,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from wsss.data.palette import IGNORE_INDEX
+from wsss.errors import ConfigError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -144,13 +145,26 @@ def train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     cutout: tuple[int, int] | None = None,
+    resized_crop: tuple[float, float] | None = None,
+    jitter_p: float = 1.0,
 ) -> v2.Compose:
     """Classifier / segmentation training augmentation; ``None`` switches a step off.
 
     ``cutout`` = (holes, size): :class:`Cutout` on the normalised crop, last (AMR's spotlight: (3, 128)).
+    ``resized_crop`` = (min, max) area share: instead of resize-long + crop, torchvision's
+    ``RandomResizedCrop`` to ``crop_size`` (bicubic; ToCo/UniA: (0.32, 1.0)). ``jitter_p``: the
+    probability an image gets the colour jitter (UniA: 0.5).
     """
     steps: list[v2.Transform] = []
-    if resize_long is not None:
+    if resized_crop is not None:
+        if crop_size is None:
+            raise ConfigError("a random resized crop needs a crop_size")
+        steps.append(
+            v2.RandomResizedCrop(
+                crop_size, scale=resized_crop, interpolation=InterpolationMode.BICUBIC, antialias=True
+            )
+        )
+    if resize_long is not None and resized_crop is None:
         steps.append(RandomResizeLong(*resize_long))
     if scale is not None:
         steps.append(RandomRescale(*scale))
@@ -158,9 +172,10 @@ def train_transform(
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if color_jitter is not None:
         brightness, contrast, saturation, hue = color_jitter
-        steps.append(v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue))
+        jitter = v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+        steps.append(jitter if jitter_p >= 1.0 else v2.RandomApply([jitter], p=jitter_p))
     steps += normalize_steps(mean, std)
-    if crop_size is not None:
+    if crop_size is not None and resized_crop is None:
         steps.append(
             v2.RandomCrop(
                 crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX}

@@ -31,7 +31,9 @@ from wsss.engine.optim import (
     make_sgd,
     param_groups,
     poly_lr_lambda,
+    warmup_poly_lr_lambda,
 )
+from wsss.engine.progress import TrainProgress
 from wsss.engine.runlog import ScalarWriter, read_scalars, setup_run_logging
 from wsss.engine.seeding import (
     capture_rng_state,
@@ -48,6 +50,7 @@ __all__ = [
     "DistInfo",
     "LegacyPolySGD",
     "ScalarWriter",
+    "TrainProgress",
     "all_reduce_sum",
     "amp_dtype",
     "autocast",
@@ -79,6 +82,7 @@ __all__ = [
     "setup_run_logging",
     "shard_indices",
     "unwrap",
+    "warmup_poly_lr_lambda",
     "worker_init_fn",
     "wrap_ddp",
 ]

@@ -50,6 +50,28 @@ def poly_lr_lambda(max_steps: int, power: float = 0.9) -> Callable[[int], float]
     return multiplier
 
 
+def warmup_poly_lr_lambda(
+    max_steps: int, warmup_steps: int, warmup_ratio: float = 1e-6, power: float = 0.9
+) -> Callable[[int], float]:
+    """Multiplier for ``LambdaLR``: linear from ``warmup_ratio`` to 1 over ``warmup_steps`` steps, then
+    ``(1 - step/max_steps) ** power`` counted from step 0 (not from the warm-up's end), as ToCo's and
+    UniA's ``PolyWarmupAdamW`` schedule their transformer's AdamW."""
+    if max_steps < 1:
+        raise ConfigError(f"poly schedule needs max_steps >= 1, got {max_steps}")
+    if warmup_steps < 0 or not 0 < warmup_ratio <= 1:
+        raise ConfigError(
+            f"warm-up needs warmup_steps >= 0 and warmup_ratio in (0, 1], got {warmup_steps}, {warmup_ratio}"
+        )
+    poly = poly_lr_lambda(max_steps, power)
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return 1.0 - (1.0 - step / warmup_steps) * (1.0 - warmup_ratio)
+        return poly(step)
+
+    return multiplier
+
+
 def make_poly_scheduler(optimizer: torch.optim.Optimizer, max_steps: int, power: float = 0.9) -> LRScheduler:
     """torch's ``PolynomialLR``: lr_k = lr·(1 − k/max_steps)^power, stepped once per optimizer step."""
     if max_steps < 1:

@@ -1,9 +1,12 @@
-"""Scores from a confusion matrix: per-class IoU, precision, recall, FP/FN rates, mIoU.
+"""Scores from a confusion matrix: per-class IoU, Dice, precision, recall, FP/FN rates, mIoU, mean Dice.
 
 Definitions for class c, with TP = M[c, c], GT = row sum (pixels labelled c), P = column sum
 (pixels predicted c), union U = GT + P - TP:
 
 * IoU = TP / U; precision = TP / P; recall = TP / GT.
+* Dice (DSC, F1 of the pixels) = 2 TP / (GT + P) = 2 TP / (2 TP + FP + FN) = 2 IoU / (1 + IoU):
+  the medical-imaging score (ACDC), from the same matrix, so it is pooled over every pixel of
+  the split (not ACDC's per-volume average).
 * FP rate = (P - TP) / U and FN rate = (GT - TP) / U, as printed by SEAM/TransCAM's
   ``evaluation.py``: the share of the union that is over-activation and under-activation, so
   IoU + FP rate + FN rate = 1 for every class that occurs, which makes the two easy to compare.
@@ -23,6 +26,9 @@ Mean convention (``mean=``):
 * ``"absent_as_zero"``: TransCAM/SEAM's ``evaluation.py`` (mean over all C classes, 0/0 → 0),
   for reproducing their numbers on subsets.
 * ``"gt_present"``: ToCo's mean over classes with ground-truth pixels only.
+
+Mean Dice (``mean_dice``) is taken over the *foreground* classes only (ACDC reports RV, Myo and LV,
+never background) under the same convention as the mIoU it is shown beside.
 """
 
 from __future__ import annotations
@@ -73,6 +79,29 @@ def mean_iou(matrix: torch.Tensor, mean: str = "all") -> torch.Tensor:
     return iou.nan_to_num(0.0).mul(present).sum(-1) / present.sum(-1)
 
 
+def dice_per_class(matrix: torch.Tensor) -> torch.Tensor:
+    """Dice of every class, float64 ``(..., C)``; NaN for a class absent from both GT and prediction
+    (as IoU: 0/0 says nothing about the model)."""
+    m = _check_matrix(matrix)
+    tp = m.diagonal(dim1=-2, dim2=-1)
+    return _ratio(2 * tp, m.sum(-1) + m.sum(-2))
+
+
+def mean_dice(matrix: torch.Tensor, mean: str = "all") -> torch.Tensor:
+    """Mean Dice over the foreground classes (index 1 on; ACDC's mean DSC leaves background out),
+    absent classes handled by the mIoU convention ``mean``; NaN when no foreground class counts."""
+    if mean not in MEAN_CONVENTIONS:
+        raise ValueError(f"unknown mean convention {mean!r}; choose one of {', '.join(MEAN_CONVENTIONS)}")
+    m = _check_matrix(matrix)
+    dice = dice_per_class(m)[..., 1:]
+    if mean == "all":
+        return dice.nanmean(-1)
+    if mean == "absent_as_zero":
+        return dice.nan_to_num(0.0).mean(-1)
+    present = m.sum(-1)[..., 1:] > 0
+    return dice.nan_to_num(0.0).mul(present).sum(-1) / present.sum(-1)
+
+
 def all_background_miou(matrix: torch.Tensor, mean: str = "all") -> torch.Tensor:
     """mIoU of predicting background (class 0) for every pixel of the same ground truth.
 
@@ -113,6 +142,7 @@ def scores(
     pred = m.sum(0)
     union = gt + pred - tp
     iou = _ratio(tp, union)
+    dice = _ratio(2 * tp, gt + pred)
     precision = _ratio(tp, pred)
     recall = _ratio(tp, gt)
     fp_rate = _ratio(pred - tp, union)
@@ -135,6 +165,9 @@ def scores(
     return {
         "miou": _num(float(mean_iou(m, mean))),
         "all_background_miou": _num(float(all_background_miou(m, mean))),
+        "mean_dice": _num(float(mean_dice(m, mean))),
+        # by class name, beside (not inside) ``per_class``, whose entries keep their keys
+        "per_class_dice": {str(class_names[i]): _num(float(dice[i])) for i in range(c)},
         "mean_convention": mean,
         "mean_convention_text": MEAN_CONVENTIONS[mean],
         "pixel_accuracy": _num(float(tp.sum()) / total) if total > 0 else None,
@@ -174,8 +207,10 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     lines.insert(1, "-" * len(lines[0]))
     lines.append("-" * len(lines[0]))
+    # results saved before Dice was scored have none
+    dice = f"mean Dice (foreground) {pct(result['mean_dice'])}  " if "mean_dice" in result else ""
     lines.append(
-        f"mIoU {pct(result['miou'])}  pixel acc {pct(result['pixel_accuracy'])}  "
+        f"mIoU {pct(result['miou'])}  {dice}pixel acc {pct(result['pixel_accuracy'])}  "
         f"({result['mean_convention']}: {result['mean_convention_text']})"
     )
     return "\n".join(lines)

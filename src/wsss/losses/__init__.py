@@ -6,7 +6,8 @@ import wsss.losses.cam
 import wsss.losses.seam  # fills METHODS: seam
 import wsss.losses.seg  # fills LOSSES: ce, puf
 import wsss.losses.spu  # fills METHODS: spu
-import wsss.losses.uncertainty  # noqa: F401  (fills LOSSES: uncertainty_rectified)
+import wsss.losses.uncertainty  # fills LOSSES: uncertainty_rectified
+import wsss.losses.unia_objective  # noqa: F401  (fills METHODS: unia)
 from wsss.losses import bnr
 from wsss.losses import irn as irn  # fills LOSSES: irn
 

@@ -1,8 +1,10 @@
 """The classifier-training objective interface that ``train-cls`` calls once per batch.
 
-``objective.step(net, images, labels) → {'loss': …, …}`` owns the forward passes, so an objective
-that needs several views of a batch (SEAM's image and its rescaled copy) runs them itself, and
-the training stage stays one loop for every method. Most objectives need a single forward: they
+``objective.step(net, images, labels, progress) → {'loss': …, …}`` owns the forward passes, so an
+objective that needs several views of a batch (SEAM's image and its rescaled copy) runs them itself,
+and the training stage stays one loop for every method. ``progress`` (:class:`TrainProgress`) says
+which step of how many this is: a single-stage objective (UniA) makes its own pseudo labels with
+no-grad passes inside ``step`` and switches loss terms on by iteration. Most objectives need a single forward: they
 subclass :class:`Objective` and implement ``forward(out, labels)`` on the network's output;
 ``step`` then runs the network once (with attention when ``needs_attention``).
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from wsss.engine.progress import TrainProgress
 from wsss.errors import ConfigError
 
 
@@ -39,8 +42,11 @@ class Objective(nn.Module):
     needs_attention: bool = False
     forwards_per_step: int = 1
 
-    def step(self, net: nn.Module, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """The losses of one batch: one forward of ``net`` (which may be DDP-wrapped), then ``forward``."""
+    def step(
+        self, net: nn.Module, images: Tensor, labels: Tensor, progress: TrainProgress | None = None
+    ) -> dict[str, Tensor]:
+        """The losses of one batch: one forward of ``net`` (which may be DDP-wrapped), then ``forward``.
+        ``progress`` is unused by single-forward objectives."""
         return self(net(images, with_attention=self.needs_attention), labels)
 
     def class_probabilities(self, out: object) -> Tensor:

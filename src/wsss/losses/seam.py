@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wsss.engine.progress import TrainProgress
 from wsss.errors import ConfigError
 from wsss.losses.objective import Objective, check_image_labels
 from wsss.models.cam.seam import SEAMOutput
@@ -121,7 +122,9 @@ class SEAMObjective(Objective):
     needs_attention = False
     forwards_per_step = 2
 
-    def step(self, net: nn.Module, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    def step(
+        self, net: nn.Module, images: Tensor, labels: Tensor, progress: TrainProgress | None = None
+    ) -> dict[str, Tensor]:
         """Run the images and their ×0.3 rescale through ``net`` separately, then score both."""
         size1 = (images.shape[-2], images.shape[-1])
         size2 = view2_size(size1)

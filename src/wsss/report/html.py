@@ -104,11 +104,13 @@ def _validation_tables(record: dict[str, Any]) -> str:
 
 
 def _scored(r: Result) -> str:
-    """One split's number with the all-background baseline beside it, marked when not above it."""
-    if r.baseline is None:
-        return f"{_e(r.split)} <b>{_pct(r.miou)}</b>"
+    """One split's number with the all-background baseline (marked when not above it) and the
+    mean foreground Dice beside it."""
+    notes = [] if r.baseline is None else [f"all-background {_pct(r.baseline)}"]
+    notes += [] if r.dice is None else [f"mean Dice {_pct(r.dice)}"]
+    extra = f" ({'; '.join(notes)})" if notes else ""
     flag = ' <span class="warn">not above all-background</span>' if r.below_baseline else ""
-    return f"{_e(r.split)} <b>{_pct(r.miou)}</b> (all-background {_pct(r.baseline)}){flag}"
+    return f"{_e(r.split)} <b>{_pct(r.miou)}</b>{extra}{flag}"
 
 
 def _summary_table(record: dict[str, Any], results: list[Result]) -> str:
@@ -152,21 +154,32 @@ def _two_row_head(groups: list[tuple[str, list[str]]], table_id: str, sub: str =
     )
 
 
-def _per_class_table(results: list[Result]) -> str:
-    """Classes down, scored outputs across: where a method gains or loses is per class."""
-    groups = _by_output([r for r in results if r.per_class])
+def _per_class_table(results: list[Result], dice: bool = False) -> str:
+    """Classes down, scored outputs across: where a method gains or loses is per class. ``dice``:
+    the Dice table (mean over foreground classes), else the IoU one."""
+    groups = _by_output([r for r in results if (r.per_class_dice if dice else r.per_class)])
     if not groups:
         return "<p>No per-class scores: the run's splits have no ground truth.</p>"
     cols = [r for _, group in groups for r in group]
-    classes = list(dict.fromkeys(c for r in cols for c in r.per_class))
-    head = _two_row_head([(what, [r.split for r in group]) for what, group in groups], "per-class")
+    scores = [r.per_class_dice if dice else r.per_class for r in cols]
+    classes = list(dict.fromkeys(c for per_class in scores for c in per_class))
+    table_id = "per-class-dice" if dice else "per-class"
+    head = _two_row_head([(what, [r.split for r in group]) for what, group in groups], table_id)
     body = []
     for c in classes:
-        cells = "".join(f"<td>{_pct(r.per_class.get(c))}</td>" for r in cols)
+        cells = "".join(f"<td>{_pct(per_class.get(c))}</td>" for per_class in scores)
         body.append(f'<tr><td class="l">{_e(c)}</td>{cells}</tr>')
-    mean = "".join(f"<td><b>{_pct(r.miou)}</b></td>" for r in cols)
-    body.append(f'<tr><td class="l"><b>mIoU</b></td>{mean}</tr>')
+    mean = "".join(f"<td><b>{_pct(r.dice if dice else r.miou)}</b></td>" for r in cols)
+    label = "mean Dice (foreground)" if dice else "mIoU"
+    body.append(f'<tr><td class="l"><b>{label}</b></td>{mean}</tr>')
     return f"{head}{''.join(body)}</table>"
+
+
+def _dice_section(results: list[Result]) -> str:
+    """Per-class Dice (the medical-imaging score, e.g. ACDC); absent for runs recorded without it."""
+    if not any(r.per_class_dice for r in results):
+        return ""
+    return f"<h3>Per-class Dice (%)</h3>{_per_class_table(results, dice=True)}"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -371,7 +384,7 @@ def render_report(run_dir: Path, **gallery_kwargs: Any) -> str:
         f"<title>wsss report: {_e(recipe.name)}</title><style>{_CSS}</style></head><body>"
         f'<h1>wsss report: {_e(recipe.name)}</h1><p class="meta">{meta}</p>'
         f"<h2>Stages</h2>{_summary_table(record, results)}{_warnings(record)}{_validation_tables(record)}"
-        f"<h2>Per-class IoU (%)</h2>{_per_class_table(results)}"
+        f"<h2>Per-class IoU (%)</h2>{_per_class_table(results)}{_dice_section(results)}"
         f"<h3>Precision / recall (%) of each scored output</h3>"
         f"{_precision_recall_table(run_dir / 'eval')}"
         f"<h2>Curves</h2>{_curves(run_dir, record)}"

@@ -20,6 +20,8 @@ class Result:
     miou: float
     per_class: dict[str, float] = field(default_factory=dict)
     baseline: float | None = None  # mIoU of all-background on the same masks (older runs: None)
+    dice: float | None = None  # mean Dice over the foreground classes (older runs: None)
+    per_class_dice: dict[str, float] = field(default_factory=dict)
 
     @property
     def below_baseline(self) -> bool:
@@ -27,9 +29,13 @@ class Result:
         return self.baseline is not None and self.miou <= self.baseline
 
 
-def _baseline(m: dict[str, Any]) -> float | None:
-    value = m.get("all_background_miou")
+def _number(m: dict[str, Any], key: str) -> float | None:
+    value = m.get(key)
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def _baseline(m: dict[str, Any]) -> float | None:
+    return _number(m, "all_background_miou")
 
 
 def metric_dicts(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -45,7 +51,18 @@ def _labelled(stage: str, metrics: dict[str, Any], what: str) -> list[Result]:
         if isinstance(m.get("miou"), (int, float)):
             split = str(m.get("evaluated_on", ""))
             per_class = dict(m.get("per_class_iou") or {})
-            found.append(Result(what, stage, split, float(m["miou"]), per_class, _baseline(m)))
+            found.append(
+                Result(
+                    what,
+                    stage,
+                    split,
+                    float(m["miou"]),
+                    per_class,
+                    _baseline(m),
+                    _number(m, "mean_dice"),
+                    dict(m.get("per_class_dice") or {}),
+                )
+            )
     return found
 
 
@@ -61,6 +78,7 @@ def _cam_results(metrics: dict[str, Any]) -> list[Result]:
                     split,
                     s["oracle_miou"],
                     baseline=_baseline(s),
+                    dice=_number(s, "oracle_mean_dice"),
                 )
             )
             continue
@@ -72,6 +90,8 @@ def _cam_results(metrics: dict[str, Any]) -> list[Result]:
                 float(s["miou_at_chosen"]),
                 dict(s.get("per_class_iou_at_chosen") or {}),
                 _baseline(s),
+                _number(s, "mean_dice_at_chosen"),
+                dict(s.get("per_class_dice_at_chosen") or {}),
             )
         )
     return out

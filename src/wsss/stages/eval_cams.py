@@ -158,6 +158,9 @@ def evaluate_cams(ctx: StageContext, folder: Path, out_name: str) -> dict[str, A
                 "per_class_iou_at_chosen": (
                     {c["name"]: c["iou"] for c in res["fixed"]["per_class"]} if res["fixed"] else None
                 ),
+                "oracle_mean_dice": res["oracle"]["mean_dice"],
+                "mean_dice_at_chosen": res["fixed"]["mean_dice"] if res["fixed"] else None,
+                "per_class_dice_at_chosen": res["fixed"]["per_class_dice"] if res["fixed"] else None,
             }
             for s, res in results.items()
         },

@@ -12,15 +12,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from wsss.cams.inference import normalise_image
 from wsss.data.images import read_image
 from wsss.data.palette import write_label_png
 from wsss.engine import barrier
+from wsss.errors import ConfigError
 from wsss.seg.inference import get_protocol, postprocess_crf, predict_probs
 from wsss.stages.context import StageContext
 from wsss.stages.scoring import score_label_folder
+from wsss.stages.train_cls import load_trained_classifier
 from wsss.stages.train_seg import load_trained_seg
 
 NAME = "predict"
@@ -61,6 +64,31 @@ def predict_split(ctx: StageContext, model: torch.nn.Module, ds: Any, folder: Pa
     return len(todo)
 
 
+class SegmentationHead(nn.Module):
+    """A single-stage classifier seen as a segmentation model: ``forward`` returns its ``segment``
+    logits, so the multi-scale protocols run it like any train-seg network."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.segment(x)
+
+
+def load_predictor(ctx: StageContext, num_classes: int) -> nn.Module:
+    """The network ``predict.model`` names, with this run's trained weights, in eval mode."""
+    if ctx.recipe.predict.model == "segmentation":
+        return load_trained_seg(ctx, num_classes).to(ctx.device).eval()
+    model = load_trained_classifier(ctx, num_classes)
+    if not callable(getattr(model, "segment", None)):
+        raise ConfigError(
+            f"predict.model is 'classifier' but classifier.model '{ctx.recipe.classifier.model}' has no "
+            "segmentation head (no segment method); use predict.model: segmentation with a train-seg stage"
+        )
+    return SegmentationHead(model).to(ctx.device).eval()
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     folder = ctx.paths.prediction_dir
     out: dict[str, Any] = {}
@@ -68,7 +96,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for split in _splits(ctx):
         ds = ctx.dataset(split)
         if model is None:
-            model = load_trained_seg(ctx, ds.num_classes).to(ctx.device).eval()
+            model = load_predictor(ctx, ds.num_classes)
         out[split] = {"written": predict_split(ctx, model, ds, folder, f"{NAME} {split}")}
     barrier()
     if ctx.dist.is_main:

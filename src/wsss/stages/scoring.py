@@ -19,7 +19,7 @@ from wsss.stages.context import StageContext
 def score_label_folder(
     ctx: StageContext, folder: Path, name: str, split: str | None = None
 ) -> dict[str, Any]:
-    """mIoU and per-class IoU of ``folder`` on ``split`` (default: the seed-evaluation split);
+    """mIoU, per-class IoU and Dice of ``folder`` on ``split`` (default: the seed-evaluation split);
     ``{"not_scored": reason}`` when the split has no ground truth or ``folder`` lacks some of its
     images, so the run record says why there is no number rather than showing a made-up one."""
     split = split or ctx.recipe.data.seed_eval_split
@@ -53,6 +53,8 @@ def score_label_folder(
                 "all_background_miou": scores["all_background_miou"],
                 "evaluated_on": split,
                 "per_class_iou": {c["name"]: c["iou"] for c in scores["per_class"]},
+                "mean_dice": scores["mean_dice"],
+                "per_class_dice": scores["per_class_dice"],
             }
     write_json(ctx.paths.eval_dir / f"{name}.json", {"summary": summary, "scores": scores})
     return summary

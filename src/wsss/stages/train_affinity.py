@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 from wsss.config.schema import AffinityConfig
 from wsss.data.pseudo import PseudoLabelDataset
 from wsss.data.transforms import train_transform
-from wsss.engine import export_weights, load_weights, seed_everything
+from wsss.engine import TrainProgress, export_weights, load_weights, seed_everything
 from wsss.registry import AFFINITY_MODELS
 from wsss.stages.affinity_kinds import training_loss
 from wsss.stages.context import StageContext
@@ -71,7 +71,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ds = PseudoLabelDataset(ctx.dataset(split), ctx.affinity_label_dir, transform)
     model = build_affinity_model(ctx).to(ctx.device)
 
-    def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def step(net: nn.Module, batch: dict[str, Any], _: TrainProgress) -> dict[str, torch.Tensor]:
         return training_loss(net, model, batch, a, ctx.device)
 
     metrics = train_loop(

@@ -29,7 +29,7 @@ from wsss.config.schema import ClassifierConfig
 from wsss.data.base import TaggedImageDataset
 from wsss.data.heat_crops import HeatCropDataset
 from wsss.data.transforms import eval_transform, train_transform
-from wsss.engine import export_weights, load_weights, read_weights, seed_everything
+from wsss.engine import TrainProgress, export_weights, load_weights, read_weights, seed_everything
 from wsss.errors import ConfigError
 from wsss.eval.multilabel import learning_warning, multilabel_report
 from wsss.losses.objective import Objective
@@ -155,6 +155,8 @@ def training_set(ctx: StageContext, section: str = "classifier") -> Dataset:
         flip=c.flip,
         color_jitter=c.color_jitter,
         cutout=c.cutout,
+        resized_crop=tuple(c.crop_scale) if c.crops == "random_resized" else None,
+        jitter_p=c.color_jitter_p,
     )
     if c.holdout > 0:
         return _held_out(ctx, c, keep=True, transform=transform)
@@ -277,10 +279,10 @@ def train_classifier(
     model = model.to(ctx.device)
     method = build_method(c, c.compat or r.compat, section)
 
-    def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def step(net: nn.Module, batch: dict[str, Any], progress: TrainProgress) -> dict[str, torch.Tensor]:
         x = batch["image"].to(ctx.device, non_blocking=True)
         y = batch["labels"].to(ctx.device, non_blocking=True)
-        return method.step(net, x, y)
+        return method.step(net, x, y, progress)
 
     val_ds = validation_set(ctx, section)
     history: list[dict[str, Any]] = []

@@ -21,7 +21,7 @@ from wsss.cams.inference import normalise_image
 from wsss.config.schema import SegConfig
 from wsss.data.pseudo import PseudoLabelDataset
 from wsss.data.transforms import train_transform
-from wsss.engine import export_weights, load_weights, seed_everything
+from wsss.engine import TrainProgress, export_weights, load_weights, seed_everything
 from wsss.errors import ConfigError
 from wsss.eval.confusion import ConfusionMatrix
 from wsss.eval.metrics import scores
@@ -178,7 +178,7 @@ def train_segmentation(
     if needs_aux and aux_weight <= 0:
         raise ConfigError(_no_aux_head(loss, s.model))
 
-    def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def step(net: nn.Module, batch: dict[str, Any], _: TrainProgress) -> dict[str, torch.Tensor]:
         x = batch["image"].to(ctx.device, non_blocking=True)
         y = batch["mask"].to(ctx.device, non_blocking=True).long()
         if needs_aux:

@@ -16,7 +16,7 @@ from torch import nn
 from wsss.config.schema import UNSConfig
 from wsss.data.pseudo import PseudoLabelDataset
 from wsss.data.transforms import train_transform
-from wsss.engine import export_weights, load_weights, seed_everything
+from wsss.engine import TrainProgress, export_weights, load_weights, seed_everything
 from wsss.errors import ConfigError
 from wsss.models.seg.uns import UNSNet, build_uns
 from wsss.registry import LOSSES
@@ -73,7 +73,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ds = PseudoLabelDataset(ctx.dataset(r.cams.splits[0]), ctx.paths.label_dir, transform)
     model = build_uns_model(ctx, ds.num_classes).to(ctx.device)
 
-    def step(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def step(net: nn.Module, batch: dict[str, Any], _: TrainProgress) -> dict[str, torch.Tensor]:
         x = batch["image"].to(ctx.device, non_blocking=True)
         y = batch["mask"].to(ctx.device, non_blocking=True).long()
         out = net(x, batch["labels"].to(ctx.device, non_blocking=True))

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from wsss.config.schema import TrainerConfig
 from wsss.engine import (
     ScalarWriter,
+    TrainProgress,
     all_reduce_sum,
     autocast,
     barrier,
@@ -38,6 +39,7 @@ from wsss.engine import (
     make_sgd,
     param_groups,
     save_training_state,
+    warmup_poly_lr_lambda,
     worker_init_fn,
     wrap_ddp,
 )
@@ -53,8 +55,8 @@ from wsss.stages.nonfinite import (
     shorten,
 )
 
-StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
-"""(network, batch) → losses dict with a ``loss`` entry to back-propagate."""
+StepFn = Callable[[nn.Module, dict[str, Any], TrainProgress], dict[str, torch.Tensor]]
+"""(network, batch, progress) → losses dict with a ``loss`` entry to back-propagate."""
 
 
 def build_optimizer(
@@ -77,8 +79,8 @@ def build_optimizer(
         params = param_groups(model, head_names, cfg.lr, cfg.weight_decay, head_lr_mult=cfg.head_lr_mult)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
+    steps = max(1, total_steps)
     if cfg.optimizer == "sgd":
-        steps = max(1, total_steps)
         opt, sched = make_sgd(
             params,
             lr=cfg.lr,
@@ -87,13 +89,14 @@ def build_optimizer(
             momentum=cfg.momentum,
             compat=compat,
         )
-        return opt, (sched if cfg.schedule == "poly" else None)
-    # adam: L2 decay added to the gradient (torch.optim.Adam, SPU's UNS); adamw: decoupled decay
-    optimizer_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    opt = optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "poly":
-        return opt, torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=max(1, total_steps), power=0.9)
-    return opt, None
+    else:  # adam: L2 decay added to the gradient (torch.optim.Adam, SPU's UNS); adamw: decoupled decay
+        optimizer_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        opt = optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=steps, power=0.9)
+    if cfg.schedule == "warmup_poly":
+        lam = warmup_poly_lr_lambda(steps, cfg.warmup_steps, cfg.warmup_ratio)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lam)
+    return opt, (sched if cfg.schedule == "poly" else None)
 
 
 def _loader(ds: Dataset, cfg: TrainerConfig, ctx: StageContext, epoch: int, drop_last: bool) -> DataLoader:
@@ -152,7 +155,8 @@ def train_loop(
     device, dist = ctx.device, ctx.dist
     drop_last = len(dataset) >= cfg.batch_size
     per_epoch = len(dataset) // cfg.batch_size if drop_last else 1
-    optimizer, scheduler = build_optimizer(model, cfg, per_epoch * cfg.epochs, ctx.recipe.compat)
+    total_steps = per_epoch * cfg.epochs
+    optimizer, scheduler = build_optimizer(model, cfg, total_steps, ctx.recipe.compat)
     scaler = make_grad_scaler(device, cfg.amp)
     start_epoch, step, skipped = 0, 0, 0
     if state_path.is_file():
@@ -185,8 +189,9 @@ def train_loop(
         )
         for index, batch in enumerate(bar, 1):
             batch = batch_layout(batch, nhwc)
+            progress = TrainProgress(step=step, total_steps=total_steps, epoch=epoch)
             with autocast(device, cfg.amp):
-                losses = step_fn(net, batch)
+                losses = step_fn(net, batch, progress)
             values = {k: float(v.detach()) for k, v in losses.items()}
             bad = nonfinite_terms(values)
             what = f"loss terms not finite: {', '.join(bad)}" if bad else ""
