@@ -141,7 +141,9 @@ def _converter_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="voc", metavar="NAME", help="dataset type: voc, synth, coco, folder, acdc")
+    p.add_argument(
+        "--dataset", default="voc", metavar="NAME", help="dataset type: voc, synth, coco, folder, acdc"
+    )
     p.add_argument("--root", type=Path, required=True, metavar="DIR", help="dataset root")
     p.add_argument(
         "--split", default=None, metavar="NAME", help="split name or list file (default per dataset)"
