@@ -45,10 +45,16 @@ DEFAULT_RECIPES = [
     "coco128/cam-mobilenet",
     "coco128/ppg-mobilenet",
     "coco128/spu-mobilenet",
+    "synth/unia-tiny",
 ]
 # the segmentation settings of these recipes trained on ground truth: the fully supervised upper bound
 UPPER_BOUND = "synth/bnr-nano"
 GT_OVERRIDES = ["segmentation.labels=gt", "stages=[train-seg,predict]"]
+# single-stage recipes segment with their own network: their fully supervised reference is that network
+# trained on the masks (every pseudo label replaced by ground truth), run with these overrides
+OWN_REFERENCES = {
+    "synth/unia-tiny": ["classifier.method_args.supervision=full", "stages=[train-cls,predict]"],
+}
 SYNTH_ROOT = "data/synth"
 
 # (column, stage in run.json, how to read the number from that stage's metrics)
@@ -256,6 +262,24 @@ def main() -> None:
         ]
         cells.append(" / ".join("—" if b is None else f"{100 * b:.1f}" for b in base))
         rows.append((recipe, cells))
+    own_ratios: list[str] = []
+    for recipe in args.recipes:
+        if recipe not in OWN_REFERENCES or "segmentation" not in ratios.get(recipe, {}):
+            continue
+        refs = [
+            _dig(
+                run_one(recipe, seed, args.out, env, OWN_REFERENCES[recipe], tag="-gt", run=not args.no_run)[
+                    "stages"
+                ]["predict"]["metrics"],
+                ("val", "miou"),
+            )
+            for seed in args.seeds
+        ]
+        weak = statistics.mean(ratios[recipe]["segmentation"])
+        own_ratios.append(
+            f"  {recipe}: the same network trained on ground truth, val {fmt(refs)}; weak / full "
+            f"{weak / statistics.mean(refs):.2f}"
+        )
     upper: list[float] = []
     if args.upper_bound:
         for seed in args.seeds:
@@ -292,9 +316,12 @@ def main() -> None:
             f"val: {fmt(upper)}; weak / full ratio (mean weak mIoU / mean upper bound):"
         )
         for recipe, columns in ratios.items():
-            if columns:
+            if columns and recipe not in OWN_REFERENCES:
                 cells = [f"{c} {statistics.mean(v) / mean_upper:.2f}" for c, v in columns.items()]
                 print(f"  {recipe}: " + ", ".join(cells))
+    if own_ratios:
+        print("\nsingle-stage recipes against their own fully supervised network (mean weak / mean full):")
+        print("\n".join(own_ratios))
 
 
 if __name__ == "__main__":

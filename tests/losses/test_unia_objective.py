@@ -141,3 +141,19 @@ def test_bad_settings_name_the_key(args: dict, match: str) -> None:
 def test_mcr_acdc_is_selectable() -> None:
     objective = UniAObjective(fusion="mcr_acdc", acdc_iter=9000)
     assert objective.fusion_args == {"switch_iter": 6000, "acdc_iter": 9000}
+
+
+def test_full_supervision_reads_the_masks_for_every_label() -> None:
+    model, (x, y) = _model(), _batch()
+    objective = _objective(supervision="full")
+    assert objective.needs_masks
+    masks = torch.zeros(2, 32, 32, dtype=torch.long)
+    masks[0, :, 16:], masks[1, 8:24, 8:24] = 3, 2
+    masks[0, 0, 0] = 255
+    out = objective.step(model, x, y, TrainProgress(50, 100, 0), masks=masks)
+    ref = objective.losses(model(x), x, y, dict.fromkeys(("p1", "p2", "p3", "final", "aux"), masks), 50)
+    # the same network state and labels give the same segmentation term (the uncertainty head samples,
+    # so only the label-driven, noise-free terms are compared)
+    assert torch.allclose(out["seg"], ref["seg"]) and torch.allclose(out["ptc"], ref["ptc"])
+    with pytest.raises(ConfigError, match="masks"):
+        objective.step(model, x, y, TrainProgress(50, 100, 0))

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from wsss.cams.inference import multiscale_cams, normalise_image
 from wsss.errors import ConfigError
 from wsss.registry import CAM_MODELS
 
@@ -71,10 +72,14 @@ def test_cam_path_matches_the_full_forward_in_eval_mode() -> None:
     assert torch.equal(model.extract(x, "cam"), torch.relu(torch.cat([torch.zeros_like(cam[:, :1]), cam], 1)))
 
 
-def test_extract_takes_any_image_size() -> None:
+def test_extract_takes_any_image_size_on_the_make_cams_grid() -> None:
     model = _tiny().eval()
-    maps = model.extract(torch.randn(1, 3, 37, 50))  # not multiples of the patch (8): resized to 40x48
-    assert maps.shape == (1, 4, 5, 6)
+    assert model.output_stride == 8  # make-cams maps cells back to pixels with it (not the CNN default 16)
+    x = torch.randn(1, 3, 37, 50)  # not multiples of the patch (8): zero-padded to 40x56
+    maps = model.extract(x)
+    assert maps.shape == (1, 4, 5, 7)
+    padded = torch.nn.functional.pad(x, (0, 6, 0, 3))
+    assert torch.allclose(maps, model.extract(padded), atol=1e-6)
     with pytest.raises(ConfigError, match="'cam' and 'aux'"):
         model.extract(torch.randn(1, 3, 32, 32), "rv")
 
@@ -119,3 +124,26 @@ def test_gradients_reach_encoder_and_every_head() -> None:
 def test_bad_class_count() -> None:
     with pytest.raises(ConfigError, match="num_classes"):
         _tiny(num_classes=1)
+
+
+def test_make_cams_places_the_maps_on_the_image() -> None:
+    """make-cams' multi-scale routine with the model's own output_stride gives, at one scale without
+    flip, exactly the model's CAM upsampled to the image (with the CNN default stride 16 it stretched
+    the top-left quarter of a patch-8 map over the image)."""
+    model = _tiny().eval()
+    image = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8)
+    labels = torch.tensor([1.0, 1.0, 1.0])
+    with torch.no_grad():
+        (got,) = multiscale_cams(
+            lambda batch: model.extract(batch),
+            [image],
+            [labels],
+            [1.0],
+            scale_mode="relative",
+            flip=False,
+            output_stride=model.output_stride,
+            resize="torch",
+        )
+        cam = model.extract(normalise_image(image)[None])[:, 1:]
+    want = F.interpolate(cam, size=(40, 48), mode="bilinear", align_corners=False)[0]
+    assert torch.allclose(got, want, atol=1e-5)

@@ -70,3 +70,28 @@ def test_predict_from_a_classifier_without_a_segmentation_head_is_refused(
     export_weights(ctx.paths.classifier_weights, build_classifier(ctx, 4, pretrained=False), {})
     with pytest.raises(ConfigError, match="no segmentation head"):
         predict.load_predictor(ctx, 4)
+
+
+def test_the_fully_supervised_reference_trains_on_the_masks(synth_root: Path, tmp_path: Path) -> None:
+    """supervision: full gets the ground-truth masks through train-cls (the weak / full reference)."""
+    run = tmp_path / "run"
+    sets = [
+        f"data.root={synth_root}",
+        *TINY,
+        "classifier.epochs=1",
+        "classifier.method_args.supervision=full",
+    ]
+    argv = [
+        "run",
+        "synth/unia-tiny",
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--stages",
+        "train-cls",
+    ]
+    assert main([*argv, *[item for o in sets for item in ("--set", o)]]) == 0
+    losses = json.loads((run / "run.json").read_text())["stages"]["train-cls"]["metrics"]["final_losses"]
+    assert losses["seg"] > 0 and "ptc" in losses

@@ -149,6 +149,12 @@ def prepare_cam_model(model: nn.Module, *, fold_bn: bool = True, channels_last: 
     return model
 
 
+def cam_output_stride(model: nn.Module) -> int:
+    """Pixels per cell of ``model``'s maps: its ``output_stride`` (a ViT's patch size, a CNN's
+    stride), 16 for a model that does not say (the stride-16 CNNs of the seed methods)."""
+    return int(getattr(model, "output_stride", 16))
+
+
 def normalise_image(img: torch.Tensor) -> torch.Tensor:
     """uint8 (…,3,H,W) → float ImageNet-normalised."""
     mean = torch.tensor(IMAGENET_MEAN, device=img.device).view(3, 1, 1)

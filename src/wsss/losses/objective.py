@@ -37,10 +37,14 @@ class Objective(nn.Module):
     ``needs_attention``: run the network with ``with_attention=True`` (TransCAM's attention maps).
     ``forwards_per_step``: how many forward passes ``step`` makes; above 1 the training loop
     builds DDP with a static graph, which allows parameters to be used more than once per backward.
+    ``needs_masks``: see below.
     """
 
     needs_attention: bool = False
     forwards_per_step: int = 1
+    # the batches carry ground-truth masks, passed to ``step`` as ``masks=`` (a single-stage method's
+    # fully supervised reference run: the same network and schedule on the true labels)
+    needs_masks: bool = False
 
     def step(
         self, net: nn.Module, images: Tensor, labels: Tensor, progress: TrainProgress | None = None

@@ -13,6 +13,9 @@ One ``step``:
 Each term starts at its own iteration (``starts``): VOC turns segmentation and regulariser on after
 2000, COCO staggers KL → PTC → affinity → segmentation. Terms not yet started are not computed.
 
+``supervision: full`` replaces every pseudo label by the ground-truth mask: the same network and
+schedule trained with full supervision, the reference the weak / full ratio divides by.
+
 Released-code forms behind ``compat: authors_code`` (docs/fidelity.md): the affinity loss always
 takes the aux labels (the VOC script computes the fused label and then overwrites it) and label maps
 are resized bilinearly before building pairs (COCO); the clean defaults use the fused label after
@@ -94,9 +97,15 @@ class UniAObjective(Objective):
         par_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
         par_iters: int = 10,
         down_scale: int = 2,
+        supervision: str = "weak",
         compat: str = "clean",
     ) -> None:
         super().__init__()
+        if supervision not in ("weak", "full"):
+            raise ConfigError(f"unia supervision must be 'weak' or 'full', got {supervision!r}")
+        # full: the fully supervised reference of the same network and schedule, every label the
+        # ground-truth mask (the weak / full ratio's denominator)
+        self.needs_masks = supervision == "full"
         self.weights = {**VOC_WEIGHTS, **_check_terms(weights or {}, "weights")}
         self.starts = {**VOC_STARTS, **_check_terms(starts or {}, "starts")}
         if not 0 <= low < high <= 1:
@@ -159,14 +168,25 @@ class UniAObjective(Objective):
     # -- the step -----------------------------------------------------------------------------
 
     def step(
-        self, net: nn.Module, images: Tensor, labels: Tensor, progress: TrainProgress | None = None
+        self,
+        net: nn.Module,
+        images: Tensor,
+        labels: Tensor,
+        progress: TrainProgress | None = None,
+        masks: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Pseudo labels from no-grad passes, one graded forward of ``net``, the losses."""
+        """Pseudo labels from no-grad passes (or, under ``supervision: full``, the ground-truth
+        ``masks`` in their place), one graded forward of ``net``, the losses."""
         it = 0 if progress is None else progress.step
         model = unwrap(net)
         out: UniAOutput = net(images)
         check_image_labels(labels, out.logits)
-        pl = self.pseudo_labels(model, images, labels, out.affinity, it)
+        if self.needs_masks:
+            if masks is None:
+                raise ConfigError("unia supervision 'full' needs the batches' masks (train-cls passes them)")
+            pl = dict.fromkeys(("p1", "p2", "p3", "final", "aux"), masks.long())
+        else:
+            pl = self.pseudo_labels(model, images, labels, out.affinity, it)
         return self.losses(out, images, labels, pl, it)
 
     def active(self, term: str, iteration: int) -> bool:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from wsss.cams.extractors import BoundExtractor, get_extractor
 from wsss.cams.files import is_complete as cam_file_complete
 from wsss.cams.files import save_cam
-from wsss.cams.inference import NORMALISERS, multiscale_cams, prepare_cam_model
+from wsss.cams.inference import NORMALISERS, cam_output_stride, multiscale_cams, prepare_cam_model
 from wsss.cams.multicrop import multicrop_cams
 from wsss.cams.nonfinite import admit_cam
 from wsss.errors import ConfigError
@@ -76,7 +76,7 @@ def write_cams(
     common = dict(
         flip=cfg.flip,
         batched=cfg.batched,
-        output_stride=getattr(model, "output_stride", 16),
+        output_stride=cam_output_stride(model),
         target_stride=cfg.stride,
         device=ctx.device,
         resize=cfg.resize,

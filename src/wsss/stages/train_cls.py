@@ -116,19 +116,24 @@ def holdout_split(names: list[str], share: float) -> tuple[list[int], list[int]]
 
 
 def _held_out(
-    ctx: StageContext, c: ClassifierConfig, keep: bool, transform: Callable[..., Any] | None = None
+    ctx: StageContext,
+    c: ClassifierConfig,
+    keep: bool,
+    transform: Callable[..., Any] | None = None,
+    with_masks: bool = False,
 ) -> TaggedImageDataset:
     """train_split without (``keep``) or restricted to its held-out images, with ``transform``; a
     subset of the split as loaded once (building it may read every mask), not a second build."""
-    ds = ctx.dataset(ctx.recipe.data.train_split, with_masks=False)
+    ds = ctx.dataset(ctx.recipe.data.train_split, with_masks=with_masks)
     kept, held = holdout_split(ds.names, c.holdout)
     which = "kept" if keep else "held out"
     return ds.subset(kept if keep else held, transform=transform, source=f"{ds.source} ({which})")
 
 
-def training_set(ctx: StageContext, section: str = "classifier") -> Dataset:
+def training_set(ctx: StageContext, section: str = "classifier", with_masks: bool = False) -> Dataset:
     """The train split with the classifier's augmentation: random crops, or PMM's heat crops;
-    without the images ``holdout`` keeps for validation."""
+    without the images ``holdout`` keeps for validation. ``with_masks``: batches carry the ground-truth
+    masks too (an objective's fully supervised reference, ``Objective.needs_masks``)."""
     r, c = ctx.recipe, section_config(ctx, section)
     if c.holdout > 0 and c.validation_split is not None:
         raise ConfigError(
@@ -159,8 +164,8 @@ def training_set(ctx: StageContext, section: str = "classifier") -> Dataset:
         jitter_p=c.color_jitter_p,
     )
     if c.holdout > 0:
-        return _held_out(ctx, c, keep=True, transform=transform)
-    return ctx.dataset(r.data.train_split, transform=transform, with_masks=False)
+        return _held_out(ctx, c, keep=True, transform=transform, with_masks=with_masks)
+    return ctx.dataset(r.data.train_split, transform=transform, with_masks=with_masks)
 
 
 def validation_set(ctx: StageContext, section: str = "classifier") -> TaggedImageDataset | None:
@@ -273,15 +278,19 @@ def train_classifier(
     """Train the recipe's ``section`` classifier and export it to ``weights_path``."""
     r, c = ctx.recipe, section_config(ctx, section)
     seed_everything(r.seed)
-    ds = training_set(ctx, section)
+    method = build_method(c, c.compat or r.compat, section)
+    if method.needs_masks and c.crops == "heat":
+        raise ConfigError(f"{section}.method trains on ground-truth masks, which heat crops do not carry")
+    ds = training_set(ctx, section, with_masks=method.needs_masks)
     model = build_classifier(ctx, ds.num_classes, section=section)
     init_from_pretrain(ctx, model, section)
     model = model.to(ctx.device)
-    method = build_method(c, c.compat or r.compat, section)
 
     def step(net: nn.Module, batch: dict[str, Any], progress: TrainProgress) -> dict[str, torch.Tensor]:
         x = batch["image"].to(ctx.device, non_blocking=True)
         y = batch["labels"].to(ctx.device, non_blocking=True)
+        if method.needs_masks:
+            return method.step(net, x, y, progress, masks=batch["mask"].to(ctx.device, non_blocking=True))
         return method.step(net, x, y, progress)
 
     val_ds = validation_set(ctx, section)

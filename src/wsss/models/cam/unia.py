@@ -141,19 +141,32 @@ class UniA(nn.Module):
 
     def fit_patches(self, x: Tensor) -> Tensor:
         """``x`` resized (bilinear) to the nearest multiple of the patch size on each side, for
-        inference on images of any size (training crops must already be multiples); the callers
-        resize the maps back to the image, so they stay aligned with it."""
+        segmentation of images of any size (training crops must already be multiples); predict
+        resizes the logits back to the image, so they stay aligned with it."""
         p = self.encoder.patch_size
         size = tuple(max(p, round(s / p) * p) for s in x.shape[-2:])
         if size == tuple(x.shape[-2:]):
             return x
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
+    @property
+    def output_stride(self) -> int:
+        """Pixels per map cell (the patch size): make-cams maps the grid back to the image with it."""
+        return self.encoder.patch_size
+
     def extract(self, x: Tensor, method: str = "cam") -> Tensor:
-        """ReLU CAM (``cam``) or aux CAM (``aux``) with the zero background channel, for make-cams."""
+        """ReLU CAM (``cam``) or aux CAM (``aux``) with the zero background channel, for make-cams.
+
+        An input whose sides are not multiples of the patch is zero-padded at the bottom and right
+        (zero is the mean colour after normalisation), so the map has ⌈H/p⌉×⌈W/p⌉ cells of
+        ``output_stride`` pixels from the top-left corner: the CNN convention make-cams crops by."""
         if method not in ("cam", "aux"):
             raise ConfigError(f"unia has CAM extractors 'cam' and 'aux', not {method!r}")
-        cam, aux = self.cam_maps(self.fit_patches(x))
+        p = self.output_stride
+        pad_h, pad_w = (-x.shape[-2]) % p, (-x.shape[-1]) % p
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        cam, aux = self.cam_maps(x)
         return _with_background(torch.relu(cam if method == "cam" else aux))
 
     def segment(self, x: Tensor) -> Tensor:
