@@ -196,10 +196,17 @@ def eval_transform(
     return v2.Compose(steps + normalize_steps(mean, std))
 
 
+def unnormalize(
+    image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """Undo :func:`normalize_steps` as float: (…, 3, H, W) → values in [0, 1] (clamped)."""
+    m = torch.as_tensor(mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    s = torch.as_tensor(std, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    return (image * s + m).clamp(0, 1)
+
+
 def denormalize(
     image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> torch.Tensor:
     """Undo :func:`normalize_steps` for display: (…, 3, H, W) float → uint8."""
-    m = torch.as_tensor(mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    s = torch.as_tensor(std, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    return ((image * s + m).clamp(0, 1) * 255).round().to(torch.uint8)
+    return (unnormalize(image, mean, std) * 255).round().to(torch.uint8)

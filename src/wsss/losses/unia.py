@@ -29,6 +29,7 @@ from wsss.data.palette import IGNORE_INDEX
 from wsss.errors import ConfigError, DataError
 from wsss.losses.seg import _check_choice, masked_mean, pixel_cross_entropy
 from wsss.losses.uncertainty import pixel_kl
+from wsss.refine.affinity_propagation import radius_mask
 
 DIAGONALS = ("positive", "ignore")
 DOWNSCALE_MODES = ("nearest", "bilinear_compat")
@@ -120,15 +121,6 @@ def foreground_mask(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     return ((labels >= 1) & (labels != ignore_index)).float()
 
 
-def radius_window(h: int, w: int, radius: int, device: torch.device | None = None) -> Tensor:
-    """``N×N`` bool: token j lies in the (2r+1)² square window around token i (Chebyshev ≤ r)."""
-    ys = torch.arange(h, device=device).repeat_interleave(w)
-    xs = torch.arange(w, device=device).repeat(h)
-    near_y = (ys[:, None] - ys[None, :]).abs() <= radius
-    near_x = (xs[:, None] - xs[None, :]).abs() <= radius
-    return near_y & near_x
-
-
 def pair_labels(
     labels: Tensor,
     *,
@@ -155,7 +147,7 @@ def pair_labels(
     unknown = flat == ignore_index
     drop = unknown[:, :, None] | unknown[:, None, :]
     if radius is not None:
-        drop = drop | ~radius_window(h, w, radius, labels.device)
+        drop = drop | ~radius_mask(h, w, radius, labels.device)
     if diagonal == "ignore":
         drop = drop | torch.eye(n, dtype=torch.bool, device=labels.device)
     return pairs.masked_fill(drop, ignore_index)

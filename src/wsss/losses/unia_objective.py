@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from wsss.data.transforms import unnormalize
 from wsss.engine.distributed import unwrap
 from wsss.engine.progress import TrainProgress
 from wsss.errors import ConfigError
@@ -223,7 +223,7 @@ class UniAObjective(Objective):
             terms["seg"] = balanced_seg_loss(seg_up, pl["final"] if use_final else pl["p2"])
         if self.active("reg", iteration):
             terms["reg"] = ENERGY_SCALE * energy_loss(
-                seg_up.softmax(1), denormalise_255(images), torch.ones_like(seg_up[:, 0])
+                seg_up.softmax(1), unnormalize(images) * 255, torch.ones_like(seg_up[:, 0])
             )
         loss = terms["cls"] + terms["aux_cls"]
         for name in TERMS:
@@ -242,13 +242,6 @@ def affinity_grid(affinity: Tensor, images: Tensor, model: nn.Module) -> tuple[i
             f"{tuple(images.shape[-2:])} images; crop sizes must be multiples of the patch size {patch}"
         )
     return grid
-
-
-def denormalise_255(images: Tensor) -> Tensor:
-    """ImageNet-normalised images back to 0..255 RGB (the energy loss's colour scale)."""
-    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (images * std + mean).clamp(0, 1) * 255
 
 
 METHODS.register("unia")(UniAObjective)

@@ -28,6 +28,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import Tensor, nn
 
+from wsss.engine.checkpoint import load_model_state
 from wsss.errors import CheckpointError, ConfigError, DataError
 from wsss.models.weights import load_checkpoint_file
 from wsss.registry import BACKBONES, suggest
@@ -247,27 +248,7 @@ def load_vit_weights(encoder: ViTEncoder, path: str | Path) -> None:
     state = {k: v for k, v in load_checkpoint_file(path).items() if not k.startswith(IGNORED_PREFIXES)}
     if "pos_embed" in state:
         state["pos_embed"] = _fit_pos_embed(encoder, state["pos_embed"])
-    own = encoder.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(v.shape)})"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = [
-        f"{label}: {_first(keys)}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-        if keys
-    ]
-    if problems:
-        raise CheckpointError(
-            f"checkpoint '{path}' does not fit this ViT encoder ({'; '.join(problems)}). It must be a timm "
-            f"VisionTransformer state_dict of the same variant (patch {encoder.patch_size}, dim "
-            f"{encoder.embed_dim}, depth {encoder.depth}, heads {encoder.num_heads}); pick the matching "
-            f"encoder name or re-export the weights from timm with model.state_dict()"
-        )
-    encoder.load_state_dict(state, strict=True)
+    load_model_state(encoder, state, source=path)  # strict; names what does not fit before loading
 
 
 def _fit_pos_embed(encoder: ViTEncoder, pos: Tensor) -> Tensor:
@@ -278,11 +259,6 @@ def _fit_pos_embed(encoder: ViTEncoder, pos: Tensor) -> Tensor:
     if pos.shape == own.shape or pos.ndim != 3 or pos.shape[-1] != own.shape[-1] or side * side != tokens:
         return pos
     return resize_pos_embed(pos, (side, side), encoder.patch_embed.grid_size, _NUM_PREFIX_TOKENS)
-
-
-def _first(keys: list[str], shown: int = 4) -> str:
-    more = f" … (+{len(keys) - shown} more)" if len(keys) > shown else ""
-    return ", ".join(keys[:shown]) + more
 
 
 def _registered_builder(name: str) -> Any:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from wsss.engine.checkpoint import load_model_state
 from wsss.errors import ConfigError
 from wsss.models.backbones.base import FreezableBackbone
-from wsss.models.cam.plain_cam import PlainCAM, _with_background, build_plain_cam, requiring_grad
+from wsss.models.cam.plain_cam import PlainCAM, build_plain_cam, requiring_grad, with_background
 from wsss.registry import CAM_MODELS, suggest
 
 EXTRACT_METHODS = ("cam", "spotlight", "compensation")
@@ -124,7 +124,7 @@ class AMR(nn.Module):
         """``with_attention`` is accepted for the training loop's uniform call; there is no attention."""
         with torch.no_grad():
             feats = self._spotlight_features(x)
-        cam_s = _with_background(F.conv2d(feats, self.spotlight.classifier.weight))
+        cam_s = with_background(F.conv2d(feats, self.spotlight.classifier.weight))
         out_c = self.compensation(x)
         return AMROutput(cam_s, cam_s.mean(dim=(2, 3)).detach(), out_c.cam, out_c.logits)
 
@@ -140,10 +140,10 @@ class AMR(nn.Module):
             return self.compensation.extract(x, "cam")
         cam_s = F.relu(F.conv2d(self._spotlight_features(x), self.spotlight.classifier.weight))
         if method == "spotlight":
-            return _with_background(cam_s)
+            return with_background(cam_s)
         cam_c = self.compensation.extract(x, "cam")[:, 1:]
         w_s, w_c = self.branch_weights
-        return _with_background(w_s * max_normalise(cam_s) + w_c * max_normalise(cam_c))
+        return with_background(w_s * max_normalise(cam_s) + w_c * max_normalise(cam_c))
 
     def gradcam_branches(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
         """[(f_S, maps_S), (f_C, maps_C)]: per branch the feature map its class maps are computed

@@ -40,7 +40,7 @@ class PlainCAMOutput(NamedTuple):
     features: dict[str, Tensor]
 
 
-def _with_background(fg: Tensor) -> Tensor:
+def with_background(fg: Tensor) -> Tensor:
     """Prepend the zero background channel along dim 1."""
     return torch.cat([fg.new_zeros((fg.shape[0], 1, *fg.shape[2:])), fg], dim=1)
 
@@ -102,7 +102,7 @@ class PlainCAM(nn.Module):
     def forward(self, x: Tensor, with_attention: bool = False) -> PlainCAMOutput:
         """``with_attention`` is accepted for the training loop's uniform call; there is no attention."""
         feats = self.backbone.forward_features(x)
-        cam = _with_background(self.classifier(self.dropout(feats[self.feature_level])))
+        cam = with_background(self.classifier(self.dropout(feats[self.feature_level])))
         return PlainCAMOutput(cam=cam, logits=cam.mean(dim=(2, 3)), features=feats)
 
     def gradcam_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -128,7 +128,7 @@ class PlainCAM(nn.Module):
             )
         feats = self.backbone.forward_features(x)[self.feature_level]
         fg = F.conv2d(feats, self.classifier.weight)
-        return _with_background(F.relu(fg) if method == "cam" else fg)
+        return with_background(F.relu(fg) if method == "cam" else fg)
 
 
 @CAM_MODELS.register("cam")

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from wsss.errors import ConfigError
 from wsss.models.backbones.vit import ViTEncoder, build_vit_encoder
-from wsss.models.modules.uncertainty_inference import UncertaintyInference
+from wsss.models.cam.plain_cam import with_background
+from wsss.models.modules.uncertainty_inference import UncertaintyInference, tokens_to_map
 from wsss.models.seg.deeplab import LargeFOVDecoder
 from wsss.registry import CAM_MODELS
 
@@ -51,16 +52,6 @@ class UniAOutput(NamedTuple):
     features: Tensor
     affinity: Tensor
     sampled_mean: Tensor
-
-
-def _with_background(fg: Tensor) -> Tensor:
-    return torch.cat([fg.new_zeros((fg.shape[0], 1, *fg.shape[2:])), fg], dim=1)
-
-
-def _to_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-    """B×N×C tokens → B×C×h×w."""
-    b, _, c = tokens.shape
-    return tokens.transpose(1, 2).reshape(b, c, *grid)
 
 
 class AffinityFromAttention(nn.Module):
@@ -103,7 +94,7 @@ class UniA(nn.Module):
     def _heads(self, tokens: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """(F, z̄): the features the heads read, and the sampled mean of the uncertainty head."""
         u = self.uncertainty(tokens, grid)
-        feats = _to_grid(u.tokens, grid)
+        feats = tokens_to_map(u.tokens, grid)
         if self.double_features:
             feats = feats + feats
         return feats, u.sampled_mean
@@ -112,7 +103,7 @@ class UniA(nn.Module):
     def _cam_and_logits(feats: Tensor, classifier: nn.Conv2d) -> tuple[Tensor, Tensor]:
         cam = classifier(feats)
         logits = classifier(F.adaptive_max_pool2d(feats, 1)).flatten(1)
-        return _with_background(cam), F.pad(logits, (1, 0))
+        return with_background(cam), F.pad(logits, (1, 0))
 
     def forward(self, x: Tensor, with_attention: bool = True) -> UniAOutput:
         """Every head; ``with_attention`` is the training loop's uniform keyword (the affinity head
@@ -120,7 +111,9 @@ class UniA(nn.Module):
         out = self.encoder(x, with_attention=True)
         feats, z_mean = self._heads(out.tokens, out.grid)
         cam, logits = self._cam_and_logits(feats, self.classifier)
-        aux_cam, aux_logits = self._cam_and_logits(_to_grid(out.aux_tokens, out.grid), self.aux_classifier)
+        aux_cam, aux_logits = self._cam_and_logits(
+            tokens_to_map(out.aux_tokens, out.grid), self.aux_classifier
+        )
         return UniAOutput(
             cam=cam,
             logits=logits,
@@ -137,7 +130,7 @@ class UniA(nn.Module):
         under no-grad at several scales (no decoder, no attention logits)."""
         out = self.encoder(x, with_attention=False)
         feats, _ = self._heads(out.tokens, out.grid)
-        return self.classifier(feats), self.aux_classifier(_to_grid(out.aux_tokens, out.grid))
+        return self.classifier(feats), self.aux_classifier(tokens_to_map(out.aux_tokens, out.grid))
 
     def fit_patches(self, x: Tensor) -> Tensor:
         """``x`` resized (bilinear) to the nearest multiple of the patch size on each side, for
@@ -167,7 +160,7 @@ class UniA(nn.Module):
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         cam, aux = self.cam_maps(x)
-        return _with_background(torch.relu(cam if method == "cam" else aux))
+        return with_background(torch.relu(cam if method == "cam" else aux))
 
     def segment(self, x: Tensor) -> Tensor:
         """Segmentation logits B×(1+K)×h×w on the patch grid (predict upsamples them)."""

@@ -88,7 +88,7 @@ class ProjectionHead(nn.Module):
         return self.last_layer(F.normalize(self.mlp(x), dim=-1))
 
 
-def _to_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+def tokens_to_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
     """B×N×C row-major tokens → B×C×h×w."""
     b, _, c = tokens.shape
     return tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1])
@@ -133,7 +133,7 @@ class DistributionParameters(nn.Module):
 
     def branches(self, u: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """(μ_a + μ_c, σ_a + σ_c), each B×N×hidden, before the projections."""
-        u_map = _to_map(u, grid)
+        u_map = tokens_to_map(u, grid)
         pooled = _to_tokens(self.pooling(u_map))
         mean_a = self.mean_cross_attn(u, pooled, pooled, need_weights=False)[0]
         std_a = self.std_cross_attn(u, pooled, pooled, need_weights=False)[0]
